@@ -1,0 +1,495 @@
+//! RED aggregates and dependency edges computed from raw spans.
+//!
+//! The writer turns every stored span into a compact [`SpanSample`] (interned names, no
+//! text), and applies a batch's samples only once the batch is in ClickHouse, so a
+//! retried request is never counted twice. [`Aggregator::drain`] produces rows for
+//! `span_metrics_input` and `dependency_input`; merging across collectors and time
+//! happens in ClickHouse.
+//!
+//! Dependency edges: a span whose parent belongs to another service is a call from the
+//! parent's service to the span's service. Children often arrive before their parents
+//! (a server span ends before the client span around it), so both sides wait for each
+//! other in two generations of maps that rotate every [`EDGE_WINDOW`]. A client or
+//! producer span naming `peer.service`, `db.system` or `messaging.system` is also an
+//! edge, to that database, queue or peer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use caracal_model::{
+    bucket::bucket_start,
+    histogram::LatencyHistogram,
+    span::{SpanKind, StatusCode},
+};
+use caracal_store::rows::{DependencyRow, SpanMetricsRow};
+
+/// How long one side of a cross-service call waits for the other.
+pub const EDGE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Most spans remembered per generation for edge matching; beyond it, a generation
+/// rotates early (bounded memory wins over late matches).
+pub const MAX_REMEMBERED_SPANS: usize = 500_000;
+
+/// Interned text id.
+pub type NameId = u32;
+
+/// Strings seen in spans, interned so aggregation allocates nothing per span.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Box<str>, NameId>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    /// The id of `name`, allocating only the first time it is seen.
+    pub fn intern(&mut self, name: &str) -> NameId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    /// The text of an id.
+    pub fn name(&self, id: NameId) -> &str {
+        self.names.get(id as usize).map_or("", |name| name)
+    }
+}
+
+/// What kind of thing a dependency's child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildType {
+    /// Another instrumented service.
+    Service,
+    /// A database (`db.system`).
+    Database,
+    /// A message system (`messaging.system`).
+    Messaging,
+    /// An uninstrumented peer (`peer.service`).
+    Peer,
+}
+
+impl ChildType {
+    /// The stored label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Database => "database",
+            Self::Messaging => "messaging",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+/// The part of a span that aggregation needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanSample {
+    /// Tenant.
+    pub tenant: NameId,
+    /// Service.
+    pub service: NameId,
+    /// Operation.
+    pub operation: NameId,
+    /// OTLP kind.
+    pub kind: SpanKind,
+    /// OTLP status.
+    pub status: StatusCode,
+    /// Start, Unix nanoseconds.
+    pub start_ns: u64,
+    /// Duration.
+    pub duration_ns: u64,
+    /// Span id.
+    pub span_id: u64,
+    /// Parent span id, 0 for roots.
+    pub parent_span_id: u64,
+    /// Database, queue or peer this client span calls, if it names one.
+    pub remote: Option<(ChildType, NameId)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MetricKey {
+    tenant: NameId,
+    bucket: u32,
+    service: NameId,
+    operation: NameId,
+    kind: u8,
+    status: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct EdgeKey {
+    tenant: NameId,
+    bucket: u32,
+    parent: NameId,
+    child: NameId,
+    child_type: ChildType,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    count: u64,
+    errors: u64,
+    sum_ns: u64,
+    min_ns: u64,
+    max_ns: u64,
+    histogram: LatencyHistogram,
+}
+
+impl Totals {
+    fn record(&mut self, duration_ns: u64, is_error: bool) {
+        self.min_ns = if self.count == 0 {
+            duration_ns
+        } else {
+            self.min_ns.min(duration_ns)
+        };
+        self.max_ns = self.max_ns.max(duration_ns);
+        self.count += 1;
+        self.errors += u64::from(is_error);
+        self.sum_ns = self.sum_ns.saturating_add(duration_ns);
+        self.histogram.record(duration_ns);
+    }
+}
+
+/// A child span waiting for its parent.
+#[derive(Debug, Clone, Copy)]
+struct WaitingChild {
+    service: NameId,
+    start_ns: u64,
+    duration_ns: u64,
+    is_error: bool,
+}
+
+/// Two generations of a map, so entries live between one and two windows.
+#[derive(Debug)]
+struct Generations<V> {
+    current: HashMap<(NameId, u64), V>,
+    previous: HashMap<(NameId, u64), V>,
+    rotated_at: Instant,
+}
+
+impl<V> Generations<V> {
+    fn new() -> Self {
+        Self {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            rotated_at: Instant::now(),
+        }
+    }
+
+    fn remove(&mut self, key: &(NameId, u64)) -> Option<V> {
+        self.current
+            .remove(key)
+            .or_else(|| self.previous.remove(key))
+    }
+
+    fn get(&self, key: &(NameId, u64)) -> Option<&V> {
+        self.current.get(key).or_else(|| self.previous.get(key))
+    }
+
+    fn insert(&mut self, key: (NameId, u64), value: V) {
+        if self.current.len() >= MAX_REMEMBERED_SPANS {
+            self.rotate();
+        }
+        self.current.insert(key, value);
+    }
+
+    fn rotate_if_due(&mut self, now: Instant) {
+        if now.duration_since(self.rotated_at) >= EDGE_WINDOW {
+            self.rotate();
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+        self.rotated_at = Instant::now();
+    }
+}
+
+/// Aggregates of applied samples, drained into rows on each flush.
+#[derive(Debug)]
+pub struct Aggregator {
+    /// Names used by samples.
+    pub interner: Interner,
+    metrics: HashMap<MetricKey, Totals>,
+    edges: HashMap<EdgeKey, Totals>,
+    /// Service of recently seen spans, by (tenant, span id).
+    seen: Generations<NameId>,
+    /// Children whose parent has not been seen yet, by (tenant, parent span id).
+    waiting: Generations<Vec<WaitingChild>>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self {
+            interner: Interner::default(),
+            metrics: HashMap::new(),
+            edges: HashMap::new(),
+            seen: Generations::new(),
+            waiting: Generations::new(),
+        }
+    }
+}
+
+impl Aggregator {
+    /// Counts one stored span.
+    pub fn apply(&mut self, sample: &SpanSample) {
+        let is_error = sample.status == StatusCode::Error;
+        let bucket = bucket_start(sample.start_ns);
+        self.metrics
+            .entry(MetricKey {
+                tenant: sample.tenant,
+                bucket,
+                service: sample.service,
+                operation: sample.operation,
+                kind: sample.kind as u8,
+                status: sample.status as u8,
+            })
+            .or_default()
+            .record(sample.duration_ns, is_error);
+
+        if let Some((child_type, child)) = sample.remote {
+            if matches!(sample.kind, SpanKind::Client | SpanKind::Producer) {
+                self.add_edge(
+                    sample.tenant,
+                    bucket,
+                    sample.service,
+                    child,
+                    child_type,
+                    sample.duration_ns,
+                    is_error,
+                );
+            }
+        }
+        // This span may be the parent of children that arrived first.
+        if let Some(children) = self.waiting.remove(&(sample.tenant, sample.span_id)) {
+            for child in children {
+                if child.service != sample.service {
+                    self.add_edge(
+                        sample.tenant,
+                        bucket_start(child.start_ns),
+                        sample.service,
+                        child.service,
+                        ChildType::Service,
+                        child.duration_ns,
+                        child.is_error,
+                    );
+                }
+            }
+        }
+        self.seen
+            .insert((sample.tenant, sample.span_id), sample.service);
+        if sample.parent_span_id != 0 {
+            let parent_key = (sample.tenant, sample.parent_span_id);
+            match self.seen.get(&parent_key) {
+                Some(parent_service) => {
+                    let parent_service = *parent_service;
+                    if parent_service != sample.service {
+                        self.add_edge(
+                            sample.tenant,
+                            bucket,
+                            parent_service,
+                            sample.service,
+                            ChildType::Service,
+                            sample.duration_ns,
+                            is_error,
+                        );
+                    }
+                }
+                None => {
+                    let child = WaitingChild {
+                        service: sample.service,
+                        start_ns: sample.start_ns,
+                        duration_ns: sample.duration_ns,
+                        is_error,
+                    };
+                    if let Some(children) = self.waiting.current.get_mut(&parent_key) {
+                        children.push(child);
+                    } else {
+                        self.waiting.insert(parent_key, vec![child]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_edge(
+        &mut self,
+        tenant: NameId,
+        bucket: u32,
+        parent: NameId,
+        child: NameId,
+        child_type: ChildType,
+        duration_ns: u64,
+        is_error: bool,
+    ) {
+        self.edges
+            .entry(EdgeKey {
+                tenant,
+                bucket,
+                parent,
+                child,
+                child_type,
+            })
+            .or_default()
+            .record(duration_ns, is_error);
+    }
+
+    /// Takes every aggregate as rows, leaving the aggregator empty (edge matching
+    /// state is kept, and expires by age).
+    pub fn drain(&mut self) -> (Vec<SpanMetricsRow>, Vec<DependencyRow>) {
+        let now = Instant::now();
+        self.seen.rotate_if_due(now);
+        self.waiting.rotate_if_due(now);
+        let interner = &self.interner;
+        let metrics = self
+            .metrics
+            .drain()
+            .map(|(key, totals)| {
+                let (mut hist_keys, mut hist_counts) = (Vec::new(), Vec::new());
+                totals
+                    .histogram
+                    .write_sparse(&mut hist_keys, &mut hist_counts);
+                SpanMetricsRow {
+                    tenant: interner.name(key.tenant).to_owned(),
+                    bucket: key.bucket,
+                    service: interner.name(key.service).to_owned(),
+                    operation: interner.name(key.operation).to_owned(),
+                    kind: key.kind,
+                    status: key.status,
+                    count: totals.count,
+                    errors: totals.errors,
+                    sum_ns: totals.sum_ns,
+                    min_ns: totals.min_ns,
+                    max_ns: totals.max_ns,
+                    hist_keys,
+                    hist_counts,
+                }
+            })
+            .collect();
+        let edges = self
+            .edges
+            .drain()
+            .map(|(key, totals)| {
+                let (mut hist_keys, mut hist_counts) = (Vec::new(), Vec::new());
+                totals
+                    .histogram
+                    .write_sparse(&mut hist_keys, &mut hist_counts);
+                DependencyRow {
+                    tenant: interner.name(key.tenant).to_owned(),
+                    bucket: key.bucket,
+                    parent: interner.name(key.parent).to_owned(),
+                    child: interner.name(key.child).to_owned(),
+                    child_type: key.child_type.label().to_owned(),
+                    calls: totals.count,
+                    errors: totals.errors,
+                    sum_ns: totals.sum_ns,
+                    hist_keys,
+                    hist_counts,
+                }
+            })
+            .collect();
+        (metrics, edges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(
+        aggregator: &mut Aggregator,
+        service: &str,
+        kind: SpanKind,
+        span_id: u64,
+        parent: u64,
+    ) -> SpanSample {
+        SpanSample {
+            tenant: aggregator.interner.intern("t"),
+            service: aggregator.interner.intern(service),
+            operation: aggregator.interner.intern("op"),
+            kind,
+            status: StatusCode::Unset,
+            start_ns: 1_700_000_000_000_000_000,
+            duration_ns: 1_000,
+            span_id,
+            parent_span_id: parent,
+            remote: None,
+        }
+    }
+
+    fn edges(aggregator: &mut Aggregator) -> Vec<(String, String, String, u64)> {
+        let (_, rows) = aggregator.drain();
+        let mut edges: Vec<_> = rows
+            .into_iter()
+            .map(|row| (row.parent, row.child, row.child_type, row.calls))
+            .collect();
+        edges.sort();
+        edges
+    }
+
+    #[test]
+    fn edges_match_in_either_order() {
+        let mut aggregator = Aggregator::default();
+        // Child first (usual for server spans), then parent.
+        let child = sample(&mut aggregator, "orders", SpanKind::Server, 2, 1);
+        aggregator.apply(&child);
+        let parent = sample(&mut aggregator, "gateway", SpanKind::Client, 1, 0);
+        aggregator.apply(&parent);
+        // Parent first, then child.
+        let parent = sample(&mut aggregator, "orders", SpanKind::Client, 3, 2);
+        aggregator.apply(&parent);
+        let child = sample(&mut aggregator, "payments", SpanKind::Server, 4, 3);
+        aggregator.apply(&child);
+        // Same-service parent: no edge.
+        let internal = sample(&mut aggregator, "payments", SpanKind::Internal, 5, 4);
+        aggregator.apply(&internal);
+        // Database call.
+        let mut db = sample(&mut aggregator, "payments", SpanKind::Client, 6, 4);
+        db.remote = Some((
+            ChildType::Database,
+            aggregator.interner.intern("postgresql"),
+        ));
+        aggregator.apply(&db);
+        assert_eq!(
+            edges(&mut aggregator),
+            vec![
+                ("gateway".into(), "orders".into(), "service".into(), 1),
+                ("orders".into(), "payments".into(), "service".into(), 1),
+                ("payments".into(), "postgresql".into(), "database".into(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn metrics_count_errors_and_extremes() {
+        let mut aggregator = Aggregator::default();
+        for (duration, status) in [
+            (10, StatusCode::Unset),
+            (30, StatusCode::Unset),
+            (20, StatusCode::Error),
+        ] {
+            let mut one = sample(&mut aggregator, "svc", SpanKind::Server, duration, 0);
+            one.duration_ns = duration;
+            one.status = status;
+            aggregator.apply(&one);
+        }
+        let (mut metrics, _) = aggregator.drain();
+        metrics.sort_by_key(|row| row.status);
+        assert_eq!(metrics.len(), 2);
+        assert_eq!(
+            (
+                metrics[0].count,
+                metrics[0].min_ns,
+                metrics[0].max_ns,
+                metrics[0].errors
+            ),
+            (2, 10, 30, 0)
+        );
+        assert_eq!((metrics[1].count, metrics[1].errors), (1, 1));
+        assert_eq!(metrics[0].hist_counts.iter().sum::<u64>(), 2);
+        assert!(aggregator.drain().0.is_empty());
+    }
+}

@@ -1,0 +1,57 @@
+//! The collector's configuration.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Default OTLP/gRPC address.
+pub const DEFAULT_OTLP_GRPC_ADDR: &str = "127.0.0.1:4317";
+/// Default OTLP/HTTP address.
+pub const DEFAULT_OTLP_HTTP_ADDR: &str = "127.0.0.1:4318";
+/// Default Zipkin address.
+pub const DEFAULT_ZIPKIN_ADDR: &str = "127.0.0.1:9411";
+/// Default largest accepted request body, after decompression: 16 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Collector settings; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// OTLP/gRPC listen address (`CARACAL_OTLP_GRPC_ADDR`).
+    pub otlp_grpc_addr: SocketAddr,
+    /// OTLP/HTTP listen address (`CARACAL_OTLP_HTTP_ADDR`).
+    pub otlp_http_addr: SocketAddr,
+    /// Zipkin v2 listen address (`CARACAL_ZIPKIN_ADDR`).
+    pub zipkin_addr: SocketAddr,
+    /// Largest request body in bytes, compressed or not; larger requests get 413.
+    pub max_request_bytes: usize,
+    /// An insert is sent once it holds this many rows.
+    pub batch_max_rows: u64,
+    /// An insert is sent once it holds this many serialized bytes.
+    pub batch_max_bytes: u64,
+    /// An insert is sent at the latest this many milliseconds after its first row.
+    pub batch_period_ms: u64,
+    /// Requests waiting for the writer; when full, new requests are refused as retryable.
+    pub queue_capacity: usize,
+    /// How often aggregates and dependency edges are written, in milliseconds.
+    pub aggregate_flush_ms: u64,
+    /// Spans starting more than this many seconds in the future are rejected.
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            otlp_grpc_addr: DEFAULT_OTLP_GRPC_ADDR.parse().expect("valid default"),
+            otlp_http_addr: DEFAULT_OTLP_HTTP_ADDR.parse().expect("valid default"),
+            zipkin_addr: DEFAULT_ZIPKIN_ADDR.parse().expect("valid default"),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            batch_max_rows: 100_000,
+            batch_max_bytes: 64 * 1024 * 1024,
+            batch_period_ms: 300,
+            queue_capacity: 1024,
+            aggregate_flush_ms: 2_000,
+            max_future_skew_secs: 86_400,
+        }
+    }
+}

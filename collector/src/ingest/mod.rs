@@ -1,0 +1,117 @@
+//! Receivers and the shared ingest path.
+//!
+//! Every receiver decodes its protocol into an OTLP `ExportTraceServiceRequest`, then
+//! calls [`Ingest::export`], which validates, hands the request to the writer and waits
+//! until its spans are stored.
+
+pub mod body;
+pub mod otlp_grpc;
+pub mod otlp_http;
+pub mod validate;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::IngestError;
+
+/// Tenant that owns data when no tokens are configured.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// How long a request may wait for room in the writer queue before it is refused.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A validated request on its way to the writer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Owner of the spans.
+    pub tenant: String,
+    /// Spans, all valid.
+    pub request: ExportTraceServiceRequest,
+    /// Number of spans in `request`.
+    pub num_spans: usize,
+    /// Told once the spans are stored (or not).
+    pub ack: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// What happened to an accepted request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Spans stored.
+    pub accepted: u64,
+    /// Spans refused, with the reasons in `message`.
+    pub rejected: u64,
+    /// Why spans were refused or repaired; empty when all is well.
+    pub message: String,
+}
+
+impl ExportOutcome {
+    /// OTLP `partial_success`: set when spans were refused or repaired.
+    pub fn into_partial_success(self) -> Option<ExportTracePartialSuccess> {
+        let is_partial = self.rejected > 0 || !self.message.is_empty();
+        is_partial.then_some(ExportTracePartialSuccess {
+            rejected_spans: self.rejected as i64,
+            error_message: self.message,
+        })
+    }
+}
+
+/// The shared ingest path: cheap to clone, one per receiver.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<WriteRequest>,
+    max_future_skew: Duration,
+}
+
+impl Ingest {
+    /// An ingest path feeding `queue`.
+    pub fn new(queue: mpsc::Sender<WriteRequest>, max_future_skew: Duration) -> Self {
+        Self {
+            queue,
+            max_future_skew,
+        }
+    }
+
+    /// Validates, stores and reports on one export request.
+    pub async fn export(
+        &self,
+        tenant: &str,
+        mut request: ExportTraceServiceRequest,
+        num_invalid_utf8: u64,
+    ) -> Result<ExportOutcome, IngestError> {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        let max_start_ns = now_ns.saturating_add(self.max_future_skew.as_nanos() as u64);
+        let report = validate::validate(&mut request, max_start_ns);
+        let mut outcome = ExportOutcome {
+            accepted: report.num_accepted as u64,
+            rejected: report.num_rejected(),
+            message: report.message(num_invalid_utf8),
+        };
+        if report.num_accepted == 0 {
+            outcome.accepted = 0;
+            return Ok(outcome);
+        }
+        let (ack, stored) = oneshot::channel();
+        let write = WriteRequest {
+            tenant: tenant.to_owned(),
+            request,
+            num_spans: report.num_accepted,
+            ack,
+        };
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.queue.send(write)).await {
+            Err(_elapsed) => return Err(IngestError::Overloaded),
+            Ok(Err(_closed)) => return Err(IngestError::ShuttingDown),
+            Ok(Ok(())) => {}
+        }
+        match stored.await {
+            Ok(Ok(())) => Ok(outcome),
+            Ok(Err(error)) => Err(error),
+            Err(_dropped) => Err(IngestError::ShuttingDown),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+//!
+//! The request is taken as raw bytes and decoded with the lenient decoder, so invalid
+//! UTF-8 in one attribute does not fail the whole export as the generated codec would.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tokio::net::TcpListener;
+use tonic::{
+    body::Body,
+    codec::{
+        Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf,
+        Encoder,
+    },
+    codegen::{http, BoxFuture, Service, StdError},
+    server::{Grpc, NamedService, UnaryService},
+    Status,
+};
+
+use super::{Ingest, DEFAULT_TENANT};
+use crate::IngestError;
+
+/// The gRPC method path of OTLP trace export.
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Ingest,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(TraceExportService::new(ingest, max_request_bytes))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The trace export service.
+#[derive(Debug, Clone)]
+pub struct TraceExportService {
+    ingest: Ingest,
+    max_request_bytes: usize,
+}
+
+impl TraceExportService {
+    /// A service feeding `ingest`.
+    pub fn new(ingest: Ingest, max_request_bytes: usize) -> Self {
+        Self {
+            ingest,
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for TraceExportService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> Service<http::Request<B>> for TraceExportService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EXPORT_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
+        }
+        let service = self.clone();
+        Box::pin(async move {
+            let mut encodings = EnabledCompressionEncodings::default();
+            encodings.enable(CompressionEncoding::Gzip);
+            let mut grpc = Grpc::new(RawRequestCodec)
+                .apply_compression_config(encodings, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(service.max_request_bytes), None);
+            Ok(grpc.unary(ExportHandler(service), request).await)
+        })
+    }
+}
+
+struct ExportHandler(TraceExportService);
+
+impl UnaryService<Bytes> for ExportHandler {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let ingest = self.0.ingest.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            let decoded =
+                caracal_model::lenient::decode_export_request(&body).map_err(|error| {
+                    IngestError::Malformed(format!("invalid protobuf: {error}")).to_status()
+                })?;
+            let outcome = ingest
+                .export(DEFAULT_TENANT, decoded.request, decoded.num_invalid_utf8)
+                .await
+                .map_err(|error| {
+                    if error.is_retryable() {
+                        tracing::warn!(%error, "otlp/grpc export failed");
+                    }
+                    error.to_status()
+                })?;
+            let partial_success = outcome.into_partial_success();
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success,
+            }))
+        })
+    }
+}
+
+/// Encodes responses with prost and hands request bodies over undecoded.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+#[derive(Debug)]
+struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        destination: &mut EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        item.encode(destination)
+            .map_err(|error| Status::internal(format!("cannot encode response: {error}")))
+    }
+}
+
+#[derive(Debug)]
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, source: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let length = source.remaining();
+        Ok(Some(source.copy_to_bytes(length)))
+    }
+}

@@ -1,0 +1,74 @@
+//! Caracal's collector: receives spans, keeps bad input out, and writes in batches to
+//! ClickHouse together with the RED aggregates and dependency edges computed from them.
+//!
+//! Layout:
+//! - [`config`]: [`CollectorConfig`], the collector's part of Caracal's configuration.
+//! - [`ingest`]: the receivers (OTLP/gRPC, OTLP/HTTP) and the [`ingest::Ingest`] handle
+//!   they share: validation, partial success, hand-off to the writer.
+//! - [`sink`]: the batch writer task: flattens spans into rows, inserts with the
+//!   clickhouse crate's `Inserter`, acknowledges requests once their rows are stored.
+//! - [`aggregate`]: per-10-second RED aggregates and dependency edges from raw spans.
+//!
+//! **Architecture invariant:** a request is acknowledged only after its spans are in
+//! ClickHouse; a failed insert fails the requests it held with a retryable error.
+//!
+//! **Architecture invariant:** one bad span never costs the good spans of its request;
+//! rejections are reported through OTLP `partial_success`.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod aggregate;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod sink;
+
+use std::future::Future;
+
+pub use config::CollectorConfig;
+pub use error::IngestError;
+use tokio::net::TcpListener;
+
+/// The collector's listeners, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// OTLP/gRPC.
+    pub otlp_grpc: TcpListener,
+    /// OTLP/HTTP.
+    pub otlp_http: TcpListener,
+}
+
+/// Runs the collector until `shutdown` resolves, then drains in-memory batches.
+pub async fn run(
+    config: CollectorConfig,
+    store: caracal_store::Store,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (ingest, writer) = sink::start(store, &config);
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let wait_stop = move || {
+        let mut receiver = stop_receiver.clone();
+        async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let grpc = tokio::spawn(ingest::otlp_grpc::serve(
+        listeners.otlp_grpc,
+        ingest.clone(),
+        config.max_request_bytes,
+        wait_stop(),
+    ));
+    let http = tokio::spawn(ingest::otlp_http::serve(
+        listeners.otlp_http,
+        ingest::otlp_http::router(ingest.clone(), config.max_request_bytes),
+        wait_stop(),
+    ));
+    shutdown.await;
+    let _ = stop_sender.send(true);
+    let _ = grpc.await;
+    let _ = http.await;
+    drop(ingest);
+    let _ = writer.await;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Latency histograms that merge exactly.
+//!
+//! Every latency distribution in Caracal is an HdrHistogram of nanoseconds with two
+//! significant digits. On the wire and in ClickHouse it travels as a sparse map from
+//! bucket key (the lowest value the bucket holds) to count, so histograms from any number
+//! of hosts and time buckets merge by adding counts per key (`sumMap` in ClickHouse).
+//! Any quantile read from a merge is within 1% of the exact value, because a bucket is
+//! at most 1/128 of its lowest value wide and the median of the bucket is reported.
+
+use hdrhistogram::Histogram;
+
+/// Significant decimal digits kept by every latency histogram.
+pub const SIGNIFICANT_DIGITS: u8 = 2;
+
+/// A latency histogram in nanoseconds.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    inner: Histogram<u64>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram that grows to any `u64` value.
+    pub fn new() -> Self {
+        let mut inner = Histogram::new(SIGNIFICANT_DIGITS).expect("2 significant digits are valid");
+        inner.auto(true);
+        Self { inner }
+    }
+
+    /// Records one duration; values beyond the range are clamped, never an error.
+    pub fn record(&mut self, nanos: u64) {
+        // `saturating_record` clamps to the current bound instead of growing, so grow
+        // first and clamp only when growing is impossible.
+        if self.inner.record(nanos).is_err() {
+            self.inner.saturating_record(nanos);
+        }
+    }
+
+    /// Records `count` durations of the bucket starting at `key`.
+    pub fn record_bucket(&mut self, key: u64, count: u64) {
+        // Auto-resizing histograms only fail on counts overflowing u64.
+        let _ = self.inner.record_n(key, count);
+    }
+
+    /// Adds another histogram.
+    pub fn add(&mut self, other: &LatencyHistogram) {
+        let _ = self.inner.add(&other.inner);
+    }
+
+    /// Number of recorded values.
+    pub fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Forgets every value, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.inner.reset();
+    }
+
+    /// Appends the sparse `(bucket key, count)` form, keys ascending.
+    pub fn write_sparse(&self, keys: &mut Vec<u64>, counts: &mut Vec<u64>) {
+        for bucket in self.inner.iter_recorded() {
+            keys.push(self.inner.lowest_equivalent(bucket.value_iterated_to()));
+            counts.push(bucket.count_at_value());
+        }
+    }
+
+    /// Rebuilds a histogram from its sparse form (for example a `sumMap` result).
+    pub fn from_sparse(keys: &[u64], counts: &[u64]) -> Self {
+        let mut histogram = Self::new();
+        for (key, count) in keys.iter().zip(counts) {
+            histogram.record_bucket(*key, *count);
+        }
+        histogram
+    }
+
+    /// The value at quantile `quantile` (0.0 to 1.0): the middle of the bucket holding
+    /// that rank. Zero when empty.
+    pub fn quantile(&self, quantile: f64) -> u64 {
+        if self.inner.is_empty() {
+            return 0;
+        }
+        let value = self.inner.value_at_quantile(quantile.clamp(0.0, 1.0));
+        self.inner.median_equivalent(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact_quantile(sorted: &[u64], quantile: f64) -> u64 {
+        let rank = ((quantile * sorted.len() as f64).ceil() as usize).max(1);
+        sorted[rank - 1]
+    }
+
+    #[test]
+    fn merged_sparse_quantiles_are_within_one_percent() {
+        let mut values = Vec::new();
+        let mut parts = vec![
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+        ];
+        let mut state: u64 = 42;
+        for index in 0..30_000u64 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let value = 1_000 + (state >> 33) % 5_000_000_000 / (1 + index % 7);
+            values.push(value);
+            parts[(index % 3) as usize].record(value);
+        }
+        let (mut keys, mut counts) = (Vec::new(), Vec::new());
+        for part in &parts {
+            part.write_sparse(&mut keys, &mut counts);
+        }
+        let merged = LatencyHistogram::from_sparse(&keys, &counts);
+        values.sort_unstable();
+        assert_eq!(merged.len(), values.len() as u64);
+        for quantile in [0.5, 0.9, 0.95, 0.99, 0.999] {
+            let exact = exact_quantile(&values, quantile) as f64;
+            let estimate = merged.quantile(quantile) as f64;
+            assert!(
+                (estimate - exact).abs() / exact < 0.01,
+                "q{quantile}: {estimate} vs {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_values_are_exact_and_huge_values_do_not_fail() {
+        let mut histogram = LatencyHistogram::new();
+        histogram.record(7);
+        histogram.record(u64::MAX);
+        assert_eq!(histogram.quantile(0.5), 7);
+        assert_eq!(histogram.len(), 2);
+        assert_eq!(LatencyHistogram::new().quantile(0.5), 0);
+    }
+}

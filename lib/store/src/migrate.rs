@@ -1,0 +1,167 @@
+//! Schema migrations: the DDL files of `deploy/clickhouse/`, applied in order.
+//!
+//! Each file is one migration, numbered by its prefix. Statements inside a file are
+//! separated by `;` at the end of a line, and `${database}` stands for the database name.
+//! Every statement is idempotent (`IF NOT EXISTS`), so two processes migrating at once, or a
+//! migration interrupted halfway, are harmless: the next run applies what is missing.
+
+use crate::{Result, Store};
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version: the file's number.
+    pub version: u32,
+    /// File name.
+    pub name: &'static str,
+    /// The file's SQL.
+    pub sql: &'static str,
+}
+
+macro_rules! migrations {
+    ($($version:literal => $file:literal),* $(,)?) => {
+        /// Every migration, in order.
+        pub const MIGRATIONS: &[Migration] = &[
+            $(Migration {
+                version: $version,
+                name: $file,
+                sql: include_str!(concat!("../../../deploy/clickhouse/", $file)),
+            }),*
+        ];
+    };
+}
+
+migrations! {
+    0 => "0000_schema_migrations.sql",
+    1 => "0001_spans.sql",
+    2 => "0002_spans_by_trace.sql",
+    3 => "0003_span_metrics.sql",
+    4 => "0004_dependencies.sql",
+    5 => "0005_operations.sql",
+}
+
+/// The schema version this build needs.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |migration| migration.version)
+}
+
+/// The statements of a migration with the database name filled in.
+pub fn statements(migration: &Migration, database: &str) -> Vec<String> {
+    migration
+        .sql
+        .split(";\n")
+        .map(|statement| statement.trim().trim_end_matches(';').trim())
+        .filter(|statement| {
+            statement
+                .lines()
+                .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
+        })
+        .map(|statement| statement.replace("${database}", database))
+        .collect()
+}
+
+impl Store {
+    /// Creates the database if needed and applies every migration not yet recorded.
+    /// Returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<u32>> {
+        let database = self.database();
+        self.server_client
+            .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+            .execute()
+            .await?;
+        let current = self.schema_version().await?;
+        let mut applied = Vec::new();
+        for migration in MIGRATIONS {
+            if current.is_some_and(|version| migration.version <= version) {
+                continue;
+            }
+            for statement in statements(migration, database) {
+                self.client.query(&statement).execute().await?;
+            }
+            self.client
+                .query(&format!(
+                    "INSERT INTO {database}.schema_migrations (version, name, applied_at) \
+                     SELECT ?, ?, now()"
+                ))
+                .bind(migration.version)
+                .bind(migration.name)
+                .execute()
+                .await?;
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
+            applied.push(migration.version);
+        }
+        Ok(applied)
+    }
+
+    /// The highest applied migration, or `None` on an empty database.
+    pub async fn schema_version(&self) -> Result<Option<u32>> {
+        let database = self.database();
+        let exists: u8 = self
+            .server_client
+            .query("SELECT count() > 0 FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+            .bind(database)
+            .fetch_one()
+            .await?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let (num_rows, version): (u64, u32) = self
+            .client
+            .query(&format!(
+                "SELECT count(), max(version) FROM {database}.schema_migrations"
+            ))
+            .fetch_one()
+            .await?;
+        Ok((num_rows > 0).then_some(version))
+    }
+
+    /// Ok when ClickHouse answers and the schema is at [`latest_version`].
+    pub async fn check_schema(&self) -> Result<()> {
+        let expected = latest_version();
+        match self.schema_version().await? {
+            Some(found) if found >= expected => Ok(()),
+            found => Err(crate::Error::SchemaOutdated {
+                found: found.unwrap_or(0),
+                expected,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_in_deploy_is_a_migration_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|migration| migration.name).collect();
+        assert_eq!(files, listed);
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index);
+            assert!(migration.name.starts_with(&format!("{index:04}_")));
+        }
+    }
+
+    #[test]
+    fn statements_split_and_fill_database() {
+        let migration = &MIGRATIONS[2];
+        let statements = statements(migration, "db1");
+        assert_eq!(statements.len(), 2);
+        assert!(statements[1]
+            .starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS db1.spans_by_trace_mv"));
+        assert!(statements
+            .iter()
+            .all(|statement| !statement.contains("${database}")));
+    }
+}

@@ -1,0 +1,146 @@
+//! Row types, one per table, in column order.
+//!
+//! Written rows borrow (no copies of span text on the ingest path); read rows own.
+//! Every type has a round-trip test against the real server in `tests/it`.
+
+use std::borrow::Cow;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+/// One span as written to `spans` (the view copies it to `spans_by_trace`).
+#[derive(Debug, Row, Serialize)]
+#[allow(missing_docs)]
+pub struct SpanRow<'a> {
+    pub tenant: &'a str,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zero for a root span.
+    pub parent_span_id: [u8; 8],
+    pub trace_state: &'a str,
+    pub flags: u32,
+    pub service_name: &'a str,
+    pub name: &'a str,
+    pub kind: u8,
+    pub status_code: u8,
+    pub status_message: &'a str,
+    /// Unix seconds of the start, for partitioning and the primary key.
+    pub start: u32,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub attr_keys: &'a [&'a str],
+    pub attr_values: &'a [Cow<'a, str>],
+    pub attr_types: &'a [u8],
+    pub dropped_attributes_count: u32,
+    pub resource_keys: &'a [&'a str],
+    pub resource_values: &'a [Cow<'a, str>],
+    pub resource_types: &'a [u8],
+    pub scope_name: &'a str,
+    pub scope_version: &'a str,
+    pub scope_keys: &'a [&'a str],
+    pub scope_values: &'a [Cow<'a, str>],
+    pub scope_types: &'a [u8],
+    pub events_time_ns: &'a [u64],
+    pub events_name: &'a [&'a str],
+    pub events_dropped_attributes_count: &'a [u32],
+    pub event_attr_index: &'a [u16],
+    pub event_attr_keys: &'a [&'a str],
+    pub event_attr_values: &'a [Cow<'a, str>],
+    pub event_attr_types: &'a [u8],
+    pub dropped_events_count: u32,
+    pub links_trace_id: &'a [[u8; 16]],
+    pub links_span_id: &'a [[u8; 8]],
+    pub links_trace_state: &'a [&'a str],
+    pub links_flags: &'a [u32],
+    pub links_dropped_attributes_count: &'a [u32],
+    pub link_attr_index: &'a [u16],
+    pub link_attr_keys: &'a [&'a str],
+    pub link_attr_values: &'a [Cow<'a, str>],
+    pub link_attr_types: &'a [u8],
+    pub dropped_links_count: u32,
+}
+
+/// One span as read back (every column but `tenant`).
+#[derive(Debug, Clone, Row, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct StoredSpan {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
+    pub trace_state: String,
+    pub flags: u32,
+    pub service_name: String,
+    pub name: String,
+    pub kind: u8,
+    pub status_code: u8,
+    pub status_message: String,
+    pub start_ns: u64,
+    pub duration_ns: u64,
+    pub attr_keys: Vec<String>,
+    pub attr_values: Vec<String>,
+    pub attr_types: Vec<u8>,
+    pub dropped_attributes_count: u32,
+    pub resource_keys: Vec<String>,
+    pub resource_values: Vec<String>,
+    pub resource_types: Vec<u8>,
+    pub scope_name: String,
+    pub scope_version: String,
+    pub scope_keys: Vec<String>,
+    pub scope_values: Vec<String>,
+    pub scope_types: Vec<u8>,
+    pub events_time_ns: Vec<u64>,
+    pub events_name: Vec<String>,
+    pub events_dropped_attributes_count: Vec<u32>,
+    pub event_attr_index: Vec<u16>,
+    pub event_attr_keys: Vec<String>,
+    pub event_attr_values: Vec<String>,
+    pub event_attr_types: Vec<u8>,
+    pub dropped_events_count: u32,
+    pub links_trace_id: Vec<[u8; 16]>,
+    pub links_span_id: Vec<[u8; 8]>,
+    pub links_trace_state: Vec<String>,
+    pub links_flags: Vec<u32>,
+    pub links_dropped_attributes_count: Vec<u32>,
+    pub link_attr_index: Vec<u16>,
+    pub link_attr_keys: Vec<String>,
+    pub link_attr_values: Vec<String>,
+    pub link_attr_types: Vec<u8>,
+    pub dropped_links_count: u32,
+}
+
+/// One aggregate row for `span_metrics_input` (folded into every resolution by views).
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct SpanMetricsRow {
+    pub tenant: String,
+    /// Start of the 10-second bucket, Unix seconds.
+    pub bucket: u32,
+    pub service: String,
+    pub operation: String,
+    pub kind: u8,
+    pub status: u8,
+    pub count: u64,
+    pub errors: u64,
+    pub sum_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    pub hist_keys: Vec<u64>,
+    pub hist_counts: Vec<u64>,
+}
+
+/// One edge row for `dependency_input`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct DependencyRow {
+    pub tenant: String,
+    pub bucket: u32,
+    pub parent: String,
+    pub child: String,
+    /// `service`, `database`, `messaging` or `peer`.
+    pub child_type: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub sum_ns: u64,
+    pub hist_keys: Vec<u64>,
+    pub hist_counts: Vec<u64>,
+}

@@ -1,0 +1,166 @@
+//! `GET /api/v1/metrics`: RED metrics with exact-merge percentiles.
+
+use axum::{
+    extract::{Query, State},
+    Json,
+};
+use caracal_model::histogram::LatencyHistogram;
+use caracal_store::reader::MetricsPoint;
+use serde::{Deserialize, Serialize};
+
+use super::{error::ApiError, services::to_seconds, DEFAULT_TENANT};
+use crate::AppState;
+
+/// Parameters: start and end in Unix milliseconds, step in seconds (a multiple of 10).
+#[derive(Debug, Deserialize)]
+pub struct MetricsParams {
+    service: Option<String>,
+    operation: Option<String>,
+    start: Option<u64>,
+    end: Option<u64>,
+    step: Option<u32>,
+}
+
+/// One step (or the whole window) of RED metrics.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MetricsView {
+    /// Step start, Unix milliseconds.
+    pub ts: u64,
+    /// Spans.
+    pub count: u64,
+    /// Failed spans.
+    pub errors: u64,
+    /// Shortest, in microseconds.
+    pub min_us: f64,
+    /// Mean, in microseconds.
+    pub avg_us: f64,
+    /// Longest, in microseconds.
+    pub max_us: f64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 95th percentile.
+    pub p95_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+}
+
+/// The response.
+#[derive(Debug, Serialize)]
+pub struct MetricsResponse {
+    /// One entry per step that has data.
+    pub series: Vec<MetricsView>,
+    /// The whole window.
+    pub total: MetricsView,
+}
+
+/// Default step when none is given, in seconds.
+const DEFAULT_STEP_SECONDS: u32 = 60;
+
+/// Merged numbers of several points.
+#[derive(Debug, Default)]
+struct Merged {
+    count: u64,
+    errors: u64,
+    sum_ns: u64,
+    min_ns: u64,
+    max_ns: u64,
+    histogram: LatencyHistogram,
+}
+
+impl Merged {
+    fn add(&mut self, point: &MetricsPoint) {
+        if point.count == 0 {
+            return;
+        }
+        self.min_ns = if self.count == 0 {
+            point.min_ns
+        } else {
+            self.min_ns.min(point.min_ns)
+        };
+        self.max_ns = self.max_ns.max(point.max_ns);
+        self.count += point.count;
+        self.errors += point.errors;
+        self.sum_ns = self.sum_ns.saturating_add(point.sum_ns);
+        for (key, count) in point.hist_keys.iter().zip(&point.hist_counts) {
+            self.histogram.record_bucket(*key, *count);
+        }
+    }
+
+    fn view(&self, ts_ms: u64) -> MetricsView {
+        let micros = |nanos: u64| nanos as f64 / 1_000.0;
+        let quantile = |q: f64| micros(self.histogram.quantile(q));
+        MetricsView {
+            ts: ts_ms,
+            count: self.count,
+            errors: self.errors,
+            min_us: micros(self.min_ns),
+            avg_us: if self.count == 0 {
+                0.0
+            } else {
+                micros(self.sum_ns) / self.count as f64
+            },
+            max_us: micros(self.max_ns),
+            p50_us: quantile(0.5),
+            p90_us: quantile(0.9),
+            p95_us: quantile(0.95),
+            p99_us: quantile(0.99),
+            p999_us: quantile(0.999),
+        }
+    }
+}
+
+/// `GET /api/v1/metrics?service=&operation=&start=&end=&step=`.
+pub async fn metrics(
+    State(state): State<AppState>,
+    Query(params): Query<MetricsParams>,
+) -> Result<Json<MetricsResponse>, ApiError> {
+    let service = params
+        .service
+        .filter(|service| !service.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("parameter 'service' is required".into()))?;
+    let (Some(start_ms), Some(end_ms)) = (params.start, params.end) else {
+        return Err(ApiError::BadRequest(
+            "parameters 'start' and 'end' (Unix ms) are required".into(),
+        ));
+    };
+    if start_ms >= end_ms {
+        return Err(ApiError::BadRequest("'start' must be before 'end'".into()));
+    }
+    let step = params.step.unwrap_or(DEFAULT_STEP_SECONDS);
+    if step == 0 || step % 10 != 0 {
+        return Err(ApiError::BadRequest(
+            "'step' must be a positive multiple of 10 seconds".into(),
+        ));
+    }
+    let start = to_seconds(start_ms);
+    let end = to_seconds(end_ms.saturating_add(999));
+    let points = state
+        .store
+        .span_metrics(
+            DEFAULT_TENANT,
+            &service,
+            params.operation.as_deref().filter(|op| !op.is_empty()),
+            start,
+            end,
+            step,
+        )
+        .await?;
+    let mut total = Merged::default();
+    let series = points
+        .iter()
+        .map(|point| {
+            total.add(point);
+            let mut one = Merged::default();
+            one.add(point);
+            one.view(u64::from(point.ts) * 1_000)
+        })
+        .collect();
+    Ok(Json(MetricsResponse {
+        series,
+        total: total.view(start_ms),
+    }))
+}

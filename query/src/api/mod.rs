@@ -1,0 +1,98 @@
+//! HTTP routes.
+
+pub mod error;
+pub mod metrics;
+pub mod services;
+pub mod traces;
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use serde::Serialize;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::AppState;
+
+/// Tenant every query reads when no query tokens are configured.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Jaeger's response envelope.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T: Serialize> {
+    /// The payload.
+    pub data: T,
+    /// Number of items (Jaeger fills it for lists).
+    pub total: usize,
+    /// Always 0.
+    pub limit: usize,
+    /// Always 0.
+    pub offset: usize,
+    /// Errors; `null` on success.
+    pub errors: Option<Vec<error::JaegerError>>,
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// A successful response carrying `data`.
+    pub fn ok(data: T, total: usize) -> Self {
+        Self {
+            data,
+            total,
+            limit: 0,
+            offset: 0,
+            errors: None,
+        }
+    }
+}
+
+/// Every route of the query service.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/services", get(services::list_services))
+        .route(
+            "/api/services/{service}/operations",
+            get(services::service_operations),
+        )
+        .route("/api/operations", get(services::operations))
+        .route("/api/dependencies", get(services::dependencies))
+        .route("/api/traces", get(traces::search))
+        .route("/api/traces/{trace_id}", get(traces::get_trace))
+        .route("/api/v1/metrics", get(metrics::metrics))
+        .with_state(state.clone());
+    let ui_dir = &state.config.ui_dir;
+    if ui_dir.join("index.html").is_file() {
+        let index = ServeFile::new(ui_dir.join("index.html"));
+        api.fallback_service(ServeDir::new(ui_dir).fallback(index))
+    } else {
+        api.fallback(get(ui_missing))
+    }
+}
+
+async fn ui_missing() -> Response {
+    Html(
+        "<!doctype html><title>Caracal</title><h1>Caracal</h1>\
+         <p>The web UI is not built. Run <code>scripts/build-ui.sh</code>, or use the API: \
+         <a href=\"/api/services\">/api/services</a>.</p>",
+    )
+    .into_response()
+}
+
+/// 200 when ClickHouse answers and the schema is current, 503 otherwise.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let check = async {
+        state.store.ping().await?;
+        state.store.check_schema().await
+    };
+    match check.await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {error}\n"),
+        )
+            .into_response(),
+    }
+}
