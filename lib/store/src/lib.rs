@@ -133,6 +133,13 @@ impl Store {
         format!("{}.{}", self.database, table)
     }
 
+    /// Drops Caracal's whole database (tests and `caracal` tooling only).
+    pub async fn drop_database(&self) -> Result<()> {
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.database);
+        self.server_client.query(&sql).execute().await?;
+        Ok(())
+    }
+
     /// Checks that ClickHouse answers.
     pub async fn ping(&self) -> Result<()> {
         self.server_client.query("SELECT 1").execute().await?;

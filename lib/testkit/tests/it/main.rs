@@ -1,0 +1,4 @@
+//! End-to-end tests of collector + query in process, against the real ClickHouse.
+
+mod conformance;
+mod ingest;
