@@ -84,6 +84,10 @@ enum Command {
     Query,
     /// Create the database and apply schema migrations, then exit.
     Migrate,
+    /// Print every SQL statement Caracal sends, with sample values, as a JSON array
+    /// (used to check the SQL on current ClickHouse through chDB).
+    #[command(hide = true)]
+    SqlCatalog,
 }
 
 impl CommonOptions {
@@ -143,6 +147,14 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
     let store =
         Store::new(&config.clickhouse.to_store_config()).context("invalid clickhouse settings")?;
     match command {
+        Command::SqlCatalog => {
+            let catalog = caracal_store::catalog::sql_catalog(store.database());
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", serde_json::to_string_pretty(&catalog)?);
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let applied = migrate(&store).await?;
             tracing::info!(?applied, database = store.database(), "schema is current");

@@ -1,6 +1,7 @@
 //! Caracal's ClickHouse storage.
 //!
 //! Layout:
+//! - [`catalog`]: every SQL statement with sample values, for cross-version checks.
 //! - [`migrate`]: applies the versioned DDL files of `deploy/clickhouse/` and reports the
 //!   schema version.
 //! - [`rows`]: the row types written to and read from each table.
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod catalog;
 pub mod migrate;
 pub mod reader;
 pub mod retention;

@@ -40,6 +40,20 @@ migrations! {
     5 => "0005_operations.sql",
 }
 
+/// Whether the migrations table exists; bind the database name.
+pub const SCHEMA_TABLE_EXISTS_SQL: &str =
+    "SELECT count() > 0 FROM system.tables WHERE database = ? AND name = 'schema_migrations'";
+
+/// How many migrations are recorded, and the highest.
+pub fn schema_version_sql(database: &str) -> String {
+    format!("SELECT count(), max(version) FROM {database}.schema_migrations")
+}
+
+/// Records one migration; bind version and name.
+pub fn record_migration_sql(database: &str) -> String {
+    format!("INSERT INTO {database}.schema_migrations (version, name, applied_at) SELECT ?, ?, now()")
+}
+
 /// The schema version this build needs.
 pub fn latest_version() -> u32 {
     MIGRATIONS.last().map_or(0, |migration| migration.version)
@@ -79,10 +93,7 @@ impl Store {
                 self.client.query(&statement).execute().await?;
             }
             self.client
-                .query(&format!(
-                    "INSERT INTO {database}.schema_migrations (version, name, applied_at) \
-                     SELECT ?, ?, now()"
-                ))
+                .query(&record_migration_sql(database))
                 .bind(migration.version)
                 .bind(migration.name)
                 .execute()
@@ -102,7 +113,7 @@ impl Store {
         let database = self.database();
         let exists: u8 = self
             .server_client
-            .query("SELECT count() > 0 FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+            .query(SCHEMA_TABLE_EXISTS_SQL)
             .bind(database)
             .fetch_one()
             .await?;
@@ -111,9 +122,7 @@ impl Store {
         }
         let (num_rows, version): (u64, u32) = self
             .client
-            .query(&format!(
-                "SELECT count(), max(version) FROM {database}.schema_migrations"
-            ))
+            .query(&schema_version_sql(database))
             .fetch_one()
             .await?;
         Ok((num_rows > 0).then_some(version))

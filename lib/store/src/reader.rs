@@ -43,6 +43,35 @@ impl BoundSql {
         self.binds.push(BindValue::Number(value));
     }
 
+    /// The SQL with every placeholder replaced by a literal, for compatibility checks
+    /// against other ClickHouse versions (never for execution with untrusted values:
+    /// the client binds those).
+    pub fn render(&self, fields: &str) -> String {
+        let mut rendered = String::with_capacity(self.sql.len());
+        let mut values = self.binds.iter();
+        let mut rest = self.sql.as_str();
+        while let Some(position) = rest.find('?') {
+            rendered.push_str(&rest[..position]);
+            rest = &rest[position + 1..];
+            if let Some(after) = rest.strip_prefix("fields") {
+                rendered.push_str(fields);
+                rest = after;
+                continue;
+            }
+            match values.next() {
+                Some(BindValue::Number(number)) => rendered.push_str(&number.to_string()),
+                Some(BindValue::Text(text)) => {
+                    rendered.push('\'');
+                    rendered.push_str(&text.replace('\\', "\\\\").replace('\'', "\\'"));
+                    rendered.push('\'');
+                }
+                None => rendered.push('?'),
+            }
+        }
+        rendered.push_str(rest);
+        rendered
+    }
+
     fn into_query(self, client: &clickhouse::Client) -> clickhouse::query::Query {
         let mut query = client.query(&self.sql);
         for value in self.binds {
@@ -90,11 +119,11 @@ const TAG_COLUMNS: [(&str, &str); 5] = [
 ];
 
 /// Builds the search for matching trace ids (exposed for SQL snapshot tests).
-pub fn trace_search_sql(table: &str, query: &TraceQuery) -> BoundSql {
+pub fn trace_search_sql(database: &str, query: &TraceQuery) -> BoundSql {
     let mut sql = BoundSql::default();
     sql.push("SELECT trace_id, max(start_ns) AS latest FROM ");
-    sql.push(table);
-    sql.text(" WHERE tenant = ?", &query.tenant);
+    sql.push(database);
+    sql.text(".spans WHERE tenant = ?", &query.tenant);
     let start_seconds = query.start_ns / 1_000_000_000;
     let end_seconds = query.end_ns.div_ceil(1_000_000_000);
     sql.number(" AND start >= toDateTime(?)", start_seconds);
@@ -236,87 +265,120 @@ pub fn resolution_for(start: u32, end: u32, step: u32) -> (&'static str, u32) {
         .unwrap_or(("10s", 10))
 }
 
+/// Every span of the given traces, ordered by trace then start.
+pub fn get_traces_sql(database: &str, tenant: &str, trace_ids: &[[u8; 16]]) -> BoundSql {
+    let mut sql = BoundSql::default();
+    sql.push("SELECT ?fields FROM ");
+    sql.push(database);
+    sql.text(".spans_by_trace WHERE tenant = ? AND trace_id IN (", tenant);
+    for (index, trace_id) in trace_ids.iter().enumerate() {
+        if index > 0 {
+            sql.push(", ");
+        }
+        sql.text("unhex(?)", &caracal_model::ids::TraceId(*trace_id).to_hex());
+    }
+    sql.push(") ORDER BY trace_id, start_ns");
+    sql
+}
+
+/// Every service name of a tenant.
+pub fn services_sql(database: &str, tenant: &str) -> BoundSql {
+    let mut sql = BoundSql::default();
+    sql.push("SELECT DISTINCT service FROM ");
+    sql.push(database);
+    sql.text(".operations WHERE tenant = ? ORDER BY service", tenant);
+    sql
+}
+
+/// Operations of a service, optionally of one kind.
+pub fn operations_sql(database: &str, tenant: &str, service: &str, kind: Option<u8>) -> BoundSql {
+    let mut sql = BoundSql::default();
+    sql.push("SELECT operation, kind FROM ");
+    sql.push(database);
+    sql.text(".operations WHERE tenant = ?", tenant);
+    sql.text(" AND service = ?", service);
+    if let Some(kind) = kind {
+        sql.number(" AND kind = ?", u64::from(kind));
+    }
+    sql.push(" GROUP BY operation, kind ORDER BY operation, kind");
+    sql
+}
+
+/// Dependency edges with calls in `[start, end)` (Unix seconds).
+pub fn dependencies_sql(database: &str, tenant: &str, start: u32, end: u32) -> BoundSql {
+    let (suffix, seconds) = resolution_for(start - start % 10, end.div_ceil(10) * 10, 10);
+    let mut sql = BoundSql::default();
+    sql.push("SELECT parent, child, child_type, sumMerge(calls) AS calls, sumMerge(errors) AS errors FROM ");
+    sql.push(database);
+    sql.push(".dependencies_");
+    sql.push(suffix);
+    sql.text(" WHERE tenant = ?", tenant);
+    sql.number(" AND ts >= toDateTime(?)", u64::from(start - start % seconds));
+    sql.number(" AND ts < toDateTime(?)", u64::from(end));
+    sql.push(" GROUP BY parent, child, child_type ORDER BY parent, child");
+    sql
+}
+
+/// RED metrics per `step` seconds over `[start, end)` from the coarsest exact rollup.
+pub fn span_metrics_sql(
+    database: &str,
+    tenant: &str,
+    service: &str,
+    operation: Option<&str>,
+    (start, end, step): (u32, u32, u32),
+) -> BoundSql {
+    let (suffix, _) = resolution_for(start, end, step);
+    let mut sql = BoundSql::default();
+    sql.number("SELECT toUInt32(intDiv(toUInt32(ts), ?)", u64::from(step));
+    sql.number(" * ?) AS step_ts, sumMerge(count) AS count, sumMerge(errors) AS errors, ", u64::from(step));
+    sql.push("sumMerge(sum_ns) AS sum_ns, minMerge(min_ns) AS min_ns, maxMerge(max_ns) AS max_ns, ");
+    sql.push("sumMapMerge(hist) AS hist FROM ");
+    sql.push(database);
+    sql.push(".span_metrics_");
+    sql.push(suffix);
+    sql.text(" WHERE tenant = ?", tenant);
+    sql.text(" AND service = ?", service);
+    if let Some(operation) = operation {
+        sql.text(" AND operation = ?", operation);
+    }
+    sql.number(" AND ts >= toDateTime(?)", u64::from(start));
+    sql.number(" AND ts < toDateTime(?)", u64::from(end));
+    sql.push(" GROUP BY step_ts ORDER BY step_ts");
+    sql
+}
+
 impl Store {
     /// Trace ids matching a search, newest first.
     pub async fn find_trace_ids(&self, query: &TraceQuery) -> Result<Vec<[u8; 16]>> {
-        let sql = trace_search_sql(&self.table("spans"), query);
+        let sql = trace_search_sql(self.database(), query);
         let hits: Vec<TraceHit> = sql.into_query(self.client()).fetch_all().await?;
         Ok(hits.into_iter().map(|hit| hit.trace_id).collect())
     }
 
     /// Every span of the given traces, ordered by trace then start.
-    pub async fn get_traces(
-        &self,
-        tenant: &str,
-        trace_ids: &[[u8; 16]],
-    ) -> Result<Vec<StoredSpan>> {
+    pub async fn get_traces(&self, tenant: &str, trace_ids: &[[u8; 16]]) -> Result<Vec<StoredSpan>> {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = BoundSql::default();
-        sql.push("SELECT ?fields FROM ");
-        sql.push(&self.table("spans_by_trace"));
-        sql.text(" WHERE tenant = ? AND trace_id IN (", tenant);
-        for (index, trace_id) in trace_ids.iter().enumerate() {
-            if index > 0 {
-                sql.push(", ");
-            }
-            sql.text("unhex(?)", &caracal_model::ids::TraceId(*trace_id).to_hex());
-        }
-        sql.push(") ORDER BY trace_id, start_ns");
-        let mut query = self.client().query(&sql.sql);
-        for value in sql.binds {
-            query = query.bind(value);
-        }
-        Ok(query.fetch_all::<StoredSpan>().await?)
+        let sql = get_traces_sql(self.database(), tenant, trace_ids);
+        Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
     /// Every service name, sorted.
     pub async fn services(&self, tenant: &str) -> Result<Vec<String>> {
-        let sql = format!(
-            "SELECT DISTINCT service FROM {} WHERE tenant = ? ORDER BY service",
-            self.table("operations")
-        );
-        Ok(self.client().query(&sql).bind(tenant).fetch_all().await?)
+        let sql = services_sql(self.database(), tenant);
+        Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
     /// Operations of a service, optionally of one span kind, sorted by name.
-    pub async fn operations(
-        &self,
-        tenant: &str,
-        service: &str,
-        kind: Option<u8>,
-    ) -> Result<Vec<Operation>> {
-        let mut sql = BoundSql::default();
-        sql.push("SELECT operation, kind FROM ");
-        sql.push(&self.table("operations"));
-        sql.text(" WHERE tenant = ?", tenant);
-        sql.text(" AND service = ?", service);
-        if let Some(kind) = kind {
-            sql.number(" AND kind = ?", u64::from(kind));
-        }
-        sql.push(" GROUP BY operation, kind ORDER BY operation, kind");
+    pub async fn operations(&self, tenant: &str, service: &str, kind: Option<u8>) -> Result<Vec<Operation>> {
+        let sql = operations_sql(self.database(), tenant, service, kind);
         Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
     /// Dependency edges with calls in `[start, end)` (Unix seconds).
-    pub async fn dependencies(
-        &self,
-        tenant: &str,
-        start: u32,
-        end: u32,
-    ) -> Result<Vec<DependencyEdge>> {
-        let (suffix, seconds) = resolution_for(start - start % 10, end.div_ceil(10) * 10, 10);
-        let mut sql = BoundSql::default();
-        sql.push("SELECT parent, child, child_type, sumMerge(calls) AS calls, sumMerge(errors) AS errors FROM ");
-        sql.push(&self.table(&format!("dependencies_{suffix}")));
-        sql.text(" WHERE tenant = ?", tenant);
-        sql.number(
-            " AND ts >= toDateTime(?)",
-            u64::from(start - start % seconds),
-        );
-        sql.number(" AND ts < toDateTime(?)", u64::from(end));
-        sql.push(" GROUP BY parent, child, child_type ORDER BY parent, child");
+    pub async fn dependencies(&self, tenant: &str, start: u32, end: u32) -> Result<Vec<DependencyEdge>> {
+        let sql = dependencies_sql(self.database(), tenant, start, end);
         Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
@@ -331,26 +393,7 @@ impl Store {
         end: u32,
         step: u32,
     ) -> Result<Vec<MetricsPoint>> {
-        let (suffix, _) = resolution_for(start, end, step);
-        let mut sql = BoundSql::default();
-        sql.number("SELECT toUInt32(intDiv(toUInt32(ts), ?)", u64::from(step));
-        sql.number(
-            " * ?) AS step_ts, sumMerge(count) AS count, sumMerge(errors) AS errors, ",
-            u64::from(step),
-        );
-        sql.push(
-            "sumMerge(sum_ns) AS sum_ns, minMerge(min_ns) AS min_ns, maxMerge(max_ns) AS max_ns, ",
-        );
-        sql.push("sumMapMerge(hist) AS hist FROM ");
-        sql.push(&self.table(&format!("span_metrics_{suffix}")));
-        sql.text(" WHERE tenant = ?", tenant);
-        sql.text(" AND service = ?", service);
-        if let Some(operation) = operation {
-            sql.text(" AND operation = ?", operation);
-        }
-        sql.number(" AND ts >= toDateTime(?)", u64::from(start));
-        sql.number(" AND ts < toDateTime(?)", u64::from(end));
-        sql.push(" GROUP BY step_ts ORDER BY step_ts");
+        let sql = span_metrics_sql(self.database(), tenant, service, operation, (start, end, step));
         let rows: Vec<MetricsRowRaw> = sql.into_query(self.client()).fetch_all().await?;
         Ok(rows
             .into_iter()
@@ -396,7 +439,7 @@ mod tests {
             limit: 20,
             ..Default::default()
         };
-        let sql = trace_search_sql("db.spans", &query);
+        let sql = trace_search_sql("db", &query);
         assert_eq!(
             sql.sql,
             "SELECT trace_id, max(start_ns) AS latest FROM db.spans WHERE tenant = ? \

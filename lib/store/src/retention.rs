@@ -46,6 +46,15 @@ pub fn partition_last_day(partition_id: &str) -> Option<i64> {
     }
 }
 
+/// Active partitions of a table; bind database and table.
+pub const PARTITIONS_SQL: &str = "SELECT DISTINCT partition_id FROM system.parts \
+     WHERE database = ? AND table = ? AND active ORDER BY partition_id";
+
+/// Drops one partition; `partition_id` must be all digits (checked by the caller).
+pub fn drop_partition_sql(database: &str, table: &str, partition_id: &str) -> String {
+    format!("ALTER TABLE {database}.{table} DROP PARTITION {partition_id}")
+}
+
 #[derive(Debug, Row, Deserialize)]
 struct PartitionRow {
     partition_id: String,
@@ -63,10 +72,7 @@ impl Store {
         validate_identifier(table)?;
         let partitions: Vec<PartitionRow> = self
             .client()
-            .query(
-                "SELECT DISTINCT partition_id FROM system.parts \
-                 WHERE database = ? AND table = ? AND active ORDER BY partition_id",
-            )
+            .query(PARTITIONS_SQL)
             .bind(self.database())
             .bind(table)
             .fetch_all()
@@ -78,11 +84,7 @@ impl Store {
             };
             if today - last_day > i64::from(days) {
                 // The id is all digits (checked above), so it is safe as a literal.
-                let sql = format!(
-                    "ALTER TABLE {} DROP PARTITION {}",
-                    self.table(table),
-                    partition.partition_id
-                );
+                let sql = drop_partition_sql(self.database(), table, &partition.partition_id);
                 self.client().query(&sql).execute().await?;
                 tracing::info!(table, partition = %partition.partition_id, "dropped expired partition");
                 dropped.push(partition.partition_id);
