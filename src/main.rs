@@ -4,6 +4,7 @@
 //! - `main.rs`: the command line, logging, signals and role wiring.
 //! - `config.rs`: the typed configuration (file, then environment and flags).
 
+mod bench;
 mod config;
 
 use std::{future::Future, path::PathBuf, time::Duration};
@@ -88,6 +89,16 @@ enum Command {
     /// (used to check the SQL on current ClickHouse through chDB).
     #[command(hide = true)]
     SqlCatalog,
+    /// Measure throughput, storage and latency on this machine (build with --release).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// OTLP -> ClickHouse spans/s against a raw insert of the same rows, bytes per span
+    /// on disk, and trace-by-id and search latency through the query API.
+    Ingest(bench::IngestBenchOptions),
 }
 
 impl CommonOptions {
@@ -147,6 +158,9 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
     let store =
         Store::new(&config.clickhouse.to_store_config()).context("invalid clickhouse settings")?;
     match command {
+        Command::Bench(BenchCommand::Ingest(options)) => {
+            bench::ingest(&config.clickhouse.to_store_config(), options).await
+        }
         Command::SqlCatalog => {
             let catalog = caracal_store::catalog::sql_catalog(store.database());
             #[allow(clippy::print_stdout)]
