@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - [`config`]: [`CollectorConfig`], the collector's part of Caracal's configuration.
-//! - [`ingest`]: the receivers (OTLP/gRPC, OTLP/HTTP) and the [`ingest::Ingest`] handle
+//! - [`ingest`]: the receivers (OTLP/gRPC, OTLP/HTTP, the agent protocol) and the [`ingest::Ingest`] handle
 //!   they share: validation, partial success, hand-off to the writer.
 //! - [`sink`]: the batch writer task: flattens spans into rows, inserts with the
 //!   clickhouse crate's `Inserter`, acknowledges requests once their rows are stored.
@@ -45,7 +45,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (ingest, writer) = sink::start(store, &config);
+    let (ingest, writer) = sink::start(store.clone(), &config);
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let wait_stop = move || {
         let mut receiver = stop_receiver.clone();
@@ -56,6 +56,7 @@ pub async fn run(
     let grpc = tokio::spawn(ingest::otlp_grpc::serve(
         listeners.otlp_grpc,
         ingest.clone(),
+        store,
         config.max_request_bytes,
         wait_stop(),
     ));

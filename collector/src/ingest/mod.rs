@@ -4,6 +4,7 @@
 //! calls [`Ingest::export`], which validates, hands the request to the writer and waits
 //! until its spans are stored.
 
+pub mod agent;
 pub mod body;
 pub mod otlp_grpc;
 pub mod otlp_http;
@@ -33,6 +34,9 @@ pub struct WriteRequest {
     pub request: ExportTraceServiceRequest,
     /// Number of spans in `request`.
     pub num_spans: usize,
+    /// Whether the spans count in RED aggregates and dependency edges (false for spans
+    /// an agent already counted in its own aggregates).
+    pub count_in_aggregates: bool,
     /// Told once the spans are stored (or not).
     pub ack: oneshot::Sender<Result<(), IngestError>>,
 }
@@ -79,8 +83,19 @@ impl Ingest {
     pub async fn export(
         &self,
         tenant: &str,
+        request: ExportTraceServiceRequest,
+        num_invalid_utf8: u64,
+    ) -> Result<ExportOutcome, IngestError> {
+        self.export_spans(tenant, request, num_invalid_utf8, true).await
+    }
+
+    /// Like [`Ingest::export`], choosing whether the spans count in aggregates.
+    pub async fn export_spans(
+        &self,
+        tenant: &str,
         mut request: ExportTraceServiceRequest,
         num_invalid_utf8: u64,
+        count_in_aggregates: bool,
     ) -> Result<ExportOutcome, IngestError> {
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -101,6 +116,7 @@ impl Ingest {
             tenant: tenant.to_owned(),
             request,
             num_spans: report.num_accepted,
+            count_in_aggregates,
             ack,
         };
         match tokio::time::timeout(ENQUEUE_TIMEOUT, self.queue.send(write)).await {

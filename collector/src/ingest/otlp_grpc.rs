@@ -30,16 +30,19 @@ use crate::IngestError;
 /// The gRPC method path of OTLP trace export.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
+/// Serves OTLP/gRPC and the agent protocol on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     ingest: Ingest,
+    store: caracal_store::Store,
     max_request_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let agent = super::agent::AgentReportService::new(ingest.clone(), store, max_request_bytes);
     tonic::transport::Server::builder()
         .add_service(TraceExportService::new(ingest, max_request_bytes))
+        .add_service(agent)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -107,12 +107,7 @@ impl Writer {
     }
 
     async fn write(&mut self, request: WriteRequest) {
-        let WriteRequest {
-            tenant,
-            request,
-            ack,
-            ..
-        } = request;
+        let WriteRequest { tenant, request, ack, count_in_aggregates, .. } = request;
         let tenant_id = self.aggregator.interner.intern(&tenant);
         let mut flattener = Flattener::default();
         let mut result = Ok(());
@@ -126,6 +121,9 @@ impl Writer {
                     if let Err(error) = self.inserter.write(&row).await {
                         result = Err(error);
                         break 'outer;
+                    }
+                    if !count_in_aggregates {
+                        continue;
                     }
                     let interner = &mut self.aggregator.interner;
                     self.pending_samples.push(SpanSample {
@@ -196,7 +194,7 @@ impl Writer {
         self.unsent_metrics.extend(metrics);
         self.unsent_edges.extend(edges);
         if !self.unsent_metrics.is_empty() {
-            match insert_rows(&self.store, "span_metrics_input", &self.unsent_metrics).await {
+            match self.store.insert_rows("span_metrics_input", &self.unsent_metrics).await {
                 Ok(()) => self.unsent_metrics.clear(),
                 Err(error) => {
                     tracing::warn!(%error, rows = self.unsent_metrics.len(), "cannot write span metrics, will retry");
@@ -205,7 +203,7 @@ impl Writer {
             }
         }
         if !self.unsent_edges.is_empty() {
-            match insert_rows(&self.store, "dependency_input", &self.unsent_edges).await {
+            match self.store.insert_rows("dependency_input", &self.unsent_edges).await {
                 Ok(()) => self.unsent_edges.clear(),
                 Err(error) => {
                     tracing::warn!(%error, rows = self.unsent_edges.len(), "cannot write dependencies, will retry");
@@ -239,21 +237,4 @@ fn new_inserter(
         .with_max_rows(max_rows)
         .with_max_bytes(max_bytes)
         .with_period(Some(period))
-}
-
-/// Inserts rows in one statement.
-pub async fn insert_rows<T>(
-    store: &Store,
-    table: &str,
-    rows: &[T],
-) -> Result<(), caracal_store::Error>
-where
-    T: caracal_store::clickhouse::RowOwned + caracal_store::clickhouse::RowWrite,
-{
-    let mut insert = store.client().insert::<T>(table).await?;
-    for row in rows {
-        insert.write(row).await?;
-    }
-    insert.end().await?;
-    Ok(())
 }

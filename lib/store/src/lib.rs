@@ -142,6 +142,22 @@ impl Store {
         Ok(())
     }
 
+    /// Inserts rows into a table of Caracal's database in one statement.
+    pub async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<()>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(table).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
     /// Checks that ClickHouse answers.
     pub async fn ping(&self) -> Result<()> {
         self.server_client.query("SELECT 1").execute().await?;

@@ -38,6 +38,7 @@ migrations! {
     3 => "0003_span_metrics.sql",
     4 => "0004_dependencies.sql",
     5 => "0005_operations.sql",
+    6 => "0006_agent.sql",
 }
 
 /// Whether the migrations table exists; bind the database name.

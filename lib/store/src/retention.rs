@@ -158,6 +158,9 @@ impl RetentionConfig {
             ("dependencies_1m", self.aggregates_1m_days),
             ("dependencies_1h", self.aggregates_1h_days),
             ("dependencies_1d", self.aggregates_1d_days),
+            ("agent_events", self.aggregates_1m_days),
+            ("agent_metrics", self.aggregates_1m_days),
+            ("agent_heartbeats", self.aggregates_1m_days),
         ]
     }
 }

@@ -144,3 +144,51 @@ pub struct DependencyRow {
     pub hist_keys: Vec<u64>,
     pub hist_counts: Vec<u64>,
 }
+
+/// One CAT event count for `agent_events`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct AgentEventRow {
+    pub tenant: String,
+    pub bucket: u32,
+    pub service: String,
+    pub event_type: String,
+    pub name: String,
+    pub status: u8,
+    pub count: u64,
+}
+
+/// One metric value for `agent_metrics`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct AgentMetricRow {
+    pub tenant: String,
+    pub bucket: u32,
+    pub service: String,
+    pub name: String,
+    pub kind: u8,
+    pub value: f64,
+    pub count: u64,
+}
+
+/// One heartbeat for `agent_heartbeats`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct AgentHeartbeatRow {
+    pub tenant: String,
+    pub time: u32,
+    pub service: String,
+    pub instance: String,
+    pub host: String,
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub threads: u32,
+    pub open_fds: u32,
+    pub recorded: u64,
+    pub kept: u64,
+    pub dropped_spans: u64,
+    pub dropped_reports: u64,
+    pub queue_depth: u64,
+    pub bytes_sent: u64,
+    pub overflowed: u64,
+}

@@ -1,0 +1,256 @@
+//! The agent receiver: `caracal.agent.v1.AgentService/Report` on the OTLP/gRPC port.
+//!
+//! An agent's aggregates go to the same input tables as the collector's own (merged in
+//! ClickHouse with every other host's data for the bucket); client aggregates naming a
+//! peer become dependency edges; kept spans go through the normal span path but are not
+//! counted again; events, metrics and heartbeats go to their own tables. A report seen
+//! again (same instance and sequence, after a retry) is acknowledged without storing.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use caracal_proto::{AgentReport, ReportResponse, REPORT_PATH, SERVICE_NAME};
+use caracal_store::{
+    rows::{AgentEventRow, AgentHeartbeatRow, AgentMetricRow, DependencyRow, SpanMetricsRow},
+    Store,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tonic::{
+    body::Body,
+    codec::{CompressionEncoding, EnabledCompressionEncodings},
+    codegen::{http, BoxFuture, Service, StdError},
+    server::{Grpc, NamedService, UnaryService},
+    Status,
+};
+
+use super::{Ingest, DEFAULT_TENANT};
+
+/// Sequences remembered per agent instance for duplicate detection.
+const REMEMBERED_SEQUENCES: usize = 64;
+/// Agent instances remembered; beyond this the table starts over.
+const REMEMBERED_INSTANCES: usize = 100_000;
+
+/// Recently stored reports, by instance.
+#[derive(Debug, Default)]
+struct SeenReports {
+    by_instance: HashMap<String, VecDeque<u64>>,
+}
+
+impl SeenReports {
+    fn contains(&self, instance: &str, sequence: u64) -> bool {
+        self.by_instance
+            .get(instance)
+            .is_some_and(|sequences| sequences.contains(&sequence))
+    }
+
+    fn insert(&mut self, instance: &str, sequence: u64) {
+        if self.by_instance.len() >= REMEMBERED_INSTANCES && !self.by_instance.contains_key(instance) {
+            self.by_instance.clear();
+        }
+        let sequences = self.by_instance.entry(instance.to_owned()).or_default();
+        if sequences.len() == REMEMBERED_SEQUENCES {
+            sequences.pop_front();
+        }
+        sequences.push_back(sequence);
+    }
+}
+
+/// The agent report service.
+#[derive(Debug, Clone)]
+pub struct AgentReportService {
+    ingest: Ingest,
+    store: Store,
+    max_request_bytes: usize,
+    seen: Arc<Mutex<SeenReports>>,
+}
+
+impl AgentReportService {
+    /// A service storing through `ingest` (kept spans) and `store` (everything else).
+    pub fn new(ingest: Ingest, store: Store, max_request_bytes: usize) -> Self {
+        Self { ingest, store, max_request_bytes, seen: Arc::default() }
+    }
+
+    fn already_stored(&self, report: &AgentReport) -> bool {
+        self.seen
+            .lock()
+            .is_ok_and(|seen| seen.contains(&report.instance, report.sequence))
+    }
+
+    fn remember(&self, report: &AgentReport) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(&report.instance, report.sequence);
+        }
+    }
+
+    /// Stores one report.
+    pub async fn store_report(&self, report: AgentReport) -> Result<ReportResponse, Status> {
+        if self.already_stored(&report) {
+            return Ok(ReportResponse { stored: false });
+        }
+        if !report.kept_spans.is_empty() {
+            let spans = ExportTraceServiceRequest { resource_spans: report.kept_spans.clone() };
+            self.ingest
+                .export_spans(DEFAULT_TENANT, spans, 0, false)
+                .await
+                .map_err(|error| error.to_status())?;
+        }
+        let rows = ReportRows::from_report(&report);
+        let stored = async {
+            self.store.insert_rows("span_metrics_input", &rows.metrics).await?;
+            self.store.insert_rows("dependency_input", &rows.edges).await?;
+            self.store.insert_rows("agent_events", &rows.events).await?;
+            self.store.insert_rows("agent_metrics", &rows.metric_values).await?;
+            self.store.insert_rows("agent_heartbeats", &rows.heartbeats).await
+        };
+        if let Err(error) = stored.await {
+            tracing::warn!(%error, instance = %report.instance, "cannot store agent report");
+            return Err(Status::unavailable("storage unavailable, retry later"));
+        }
+        self.remember(&report);
+        Ok(ReportResponse { stored: true })
+    }
+}
+
+/// A report as rows of each table.
+#[derive(Debug, Default)]
+struct ReportRows {
+    metrics: Vec<SpanMetricsRow>,
+    edges: Vec<DependencyRow>,
+    events: Vec<AgentEventRow>,
+    metric_values: Vec<AgentMetricRow>,
+    heartbeats: Vec<AgentHeartbeatRow>,
+}
+
+fn narrow(number: u32) -> u8 {
+    u8::try_from(number).unwrap_or(u8::MAX)
+}
+
+impl ReportRows {
+    fn from_report(report: &AgentReport) -> Self {
+        let tenant = DEFAULT_TENANT.to_owned();
+        let mut rows = Self::default();
+        for aggregate in &report.aggregates {
+            rows.metrics.push(SpanMetricsRow {
+                tenant: tenant.clone(),
+                bucket: aggregate.bucket,
+                service: report.service.clone(),
+                operation: aggregate.name.clone(),
+                kind: narrow(aggregate.kind),
+                status: narrow(aggregate.status),
+                count: aggregate.count,
+                errors: aggregate.errors,
+                sum_ns: aggregate.sum_ns,
+                min_ns: aggregate.min_ns,
+                max_ns: aggregate.max_ns,
+                hist_keys: aggregate.hist_keys.clone(),
+                hist_counts: aggregate.hist_counts.clone(),
+            });
+            if !aggregate.peer.is_empty() {
+                rows.edges.push(DependencyRow {
+                    tenant: tenant.clone(),
+                    bucket: aggregate.bucket,
+                    parent: report.service.clone(),
+                    child: aggregate.peer.clone(),
+                    child_type: if aggregate.peer_type.is_empty() { "service".into() } else { aggregate.peer_type.clone() },
+                    calls: aggregate.count,
+                    errors: aggregate.errors,
+                    sum_ns: aggregate.sum_ns,
+                    hist_keys: aggregate.hist_keys.clone(),
+                    hist_counts: aggregate.hist_counts.clone(),
+                });
+            }
+        }
+        for event in &report.events {
+            rows.events.push(AgentEventRow {
+                tenant: tenant.clone(),
+                bucket: event.bucket,
+                service: report.service.clone(),
+                event_type: event.event_type.clone(),
+                name: event.name.clone(),
+                status: narrow(event.status),
+                count: event.count,
+            });
+        }
+        for metric in &report.metrics {
+            rows.metric_values.push(AgentMetricRow {
+                tenant: tenant.clone(),
+                bucket: metric.bucket,
+                service: report.service.clone(),
+                name: metric.name.clone(),
+                kind: u8::try_from(metric.kind).unwrap_or(0),
+                value: metric.value,
+                count: metric.count,
+            });
+        }
+        if let Some(heartbeat) = &report.heartbeat {
+            rows.heartbeats.push(AgentHeartbeatRow {
+                tenant,
+                time: u32::try_from(heartbeat.time_unix_ms / 1_000).unwrap_or(u32::MAX),
+                service: report.service.clone(),
+                instance: report.instance.clone(),
+                host: report.host.clone(),
+                cpu_seconds: heartbeat.cpu_seconds,
+                rss_bytes: heartbeat.rss_bytes,
+                threads: heartbeat.threads,
+                open_fds: heartbeat.open_fds,
+                recorded: heartbeat.recorded,
+                kept: heartbeat.kept,
+                dropped_spans: heartbeat.dropped_spans,
+                dropped_reports: heartbeat.dropped_reports,
+                queue_depth: heartbeat.queue_depth,
+                bytes_sent: heartbeat.bytes_sent,
+                overflowed: heartbeat.overflowed,
+            });
+        }
+        rows
+    }
+}
+
+impl NamedService for AgentReportService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for AgentReportService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != REPORT_PATH {
+            return Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) });
+        }
+        let service = self.clone();
+        Box::pin(async move {
+            let mut encodings = EnabledCompressionEncodings::default();
+            encodings.enable(CompressionEncoding::Gzip);
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default())
+                .apply_compression_config(encodings, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(service.max_request_bytes), None);
+            Ok(grpc.unary(ReportHandler(service), request).await)
+        })
+    }
+}
+
+struct ReportHandler(AgentReportService);
+
+impl UnaryService<AgentReport> for ReportHandler {
+    type Response = ReportResponse;
+    type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<AgentReport>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.store_report(request.into_inner()).await.map(tonic::Response::new) })
+    }
+}
