@@ -49,11 +49,20 @@ impl Random {
 }
 
 fn attribute(key: &str, value: Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 /// One request's worth of spans, grouped by service as SDKs send them.
-fn generate_request(random: &mut Random, first_trace: u64, now_ns: u64, window_ns: u64) -> (ExportTraceServiceRequest, Vec<[u8; 16]>) {
+fn generate_request(
+    random: &mut Random,
+    first_trace: u64,
+    now_ns: u64,
+    window_ns: u64,
+) -> (ExportTraceServiceRequest, Vec<[u8; 16]>) {
     let num_traces = SPANS_PER_REQUEST / SPANS_PER_TRACE;
     let mut by_service: Vec<Vec<Span>> = vec![Vec::new(); NUM_SERVICES as usize];
     let mut trace_ids = Vec::new();
@@ -68,16 +77,26 @@ fn generate_request(random: &mut Random, first_trace: u64, now_ns: u64, window_n
             let service = random.below(NUM_SERVICES);
             let operation = random.below(OPERATIONS_PER_SERVICE);
             let span_id = random.next().max(1).to_be_bytes().to_vec();
-            let duration = 50_000 + random.below(5_000_000) * (1 + u64::from(random.below(100) == 0) * 50);
+            let duration =
+                50_000 + random.below(5_000_000) * (1 + u64::from(random.below(100) == 0) * 50);
             let mut attributes = vec![
-                attribute("http.method", Value::StringValue(["GET", "POST", "PUT"][random.below(3) as usize].into())),
-                attribute("http.status_code", Value::IntValue([200, 200, 200, 201, 404, 500][random.below(6) as usize])),
+                attribute(
+                    "http.method",
+                    Value::StringValue(["GET", "POST", "PUT"][random.below(3) as usize].into()),
+                ),
+                attribute(
+                    "http.status_code",
+                    Value::IntValue([200, 200, 200, 201, 404, 500][random.below(6) as usize]),
+                ),
             ];
             for extra in 0..random.below(5) {
-                let key = ["user.id", "region", "db.statement", "retry", "cache.hit"][extra as usize];
+                let key =
+                    ["user.id", "region", "db.statement", "retry", "cache.hit"][extra as usize];
                 let value = match extra {
                     0 => Value::StringValue(format!("user-{}", random.below(10_000))),
-                    1 => Value::StringValue(["eu-west", "us-east", "ap-south"][random.below(3) as usize].into()),
+                    1 => Value::StringValue(
+                        ["eu-west", "us-east", "ap-south"][random.below(3) as usize].into(),
+                    ),
                     2 => Value::StringValue("SELECT * FROM orders WHERE id = ?".into()),
                     3 => Value::IntValue(random.below(3) as i64),
                     _ => Value::BoolValue(random.below(2) == 0),
@@ -90,11 +109,18 @@ fn generate_request(random: &mut Random, first_trace: u64, now_ns: u64, window_n
                 span_id: span_id.clone(),
                 parent_span_id: parent.clone(),
                 name: format!("svc{service}-op{operation}"),
-                kind: if depth == 0 { 2 } else { 1 + (random.below(3) as i32) },
+                kind: if depth == 0 {
+                    2
+                } else {
+                    1 + (random.below(3) as i32)
+                },
                 start_time_unix_nano: trace_start + depth * 10_000,
                 end_time_unix_nano: trace_start + depth * 10_000 + duration,
                 attributes,
-                status: is_error.then(|| Status { code: 2, message: "internal error".into() }),
+                status: is_error.then(|| Status {
+                    code: 2,
+                    message: "internal error".into(),
+                }),
                 ..Default::default()
             });
             parent = span_id;
@@ -107,13 +133,23 @@ fn generate_request(random: &mut Random, first_trace: u64, now_ns: u64, window_n
         .map(|(service, spans)| ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
-                    attribute("service.name", Value::StringValue(format!("service-{service}"))),
-                    attribute("host.name", Value::StringValue(format!("host-{}", service % 4))),
+                    attribute(
+                        "service.name",
+                        Value::StringValue(format!("service-{service}")),
+                    ),
+                    attribute(
+                        "host.name",
+                        Value::StringValue(format!("host-{}", service % 4)),
+                    ),
                 ],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "bench".into(), version: "1.0".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "bench".into(),
+                    version: "1.0".into(),
+                    ..Default::default()
+                }),
                 spans,
                 ..Default::default()
             }],
@@ -150,7 +186,10 @@ fn millis(duration: Duration) -> f64 {
 }
 
 async fn bench_store(base: &ClickHouseConfig, name: &str) -> anyhow::Result<Store> {
-    let store = Store::new(&ClickHouseConfig { database: name.to_owned(), ..base.clone() })?;
+    let store = Store::new(&ClickHouseConfig {
+        database: name.to_owned(),
+        ..base.clone()
+    })?;
     store.drop_database().await?;
     store.migrate().await?;
     Ok(store)
@@ -162,7 +201,10 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let num_requests = options.spans.div_ceil(SPANS_PER_REQUEST);
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let window_ns = 3_600_000_000_000;
-    println!("generating {} spans in {num_requests} requests of {SPANS_PER_REQUEST}", num_requests * SPANS_PER_REQUEST);
+    println!(
+        "generating {} spans in {num_requests} requests of {SPANS_PER_REQUEST}",
+        num_requests * SPANS_PER_REQUEST
+    );
     let mut random = Random(42);
     let mut requests = Vec::new();
     let mut trace_ids = Vec::new();
@@ -171,9 +213,15 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
         requests.push(request);
         trace_ids.extend(ids);
     }
-    let encoded: Vec<bytes::Bytes> = requests.iter().map(|request| request.encode_to_vec().into()).collect();
+    let encoded: Vec<bytes::Bytes> = requests
+        .iter()
+        .map(|request| request.encode_to_vec().into())
+        .collect();
     let wire_bytes: usize = encoded.iter().map(|body| body.len()).sum();
-    println!("OTLP protobuf: {:.1} bytes/span on the wire (uncompressed)", wire_bytes as f64 / (num_requests * SPANS_PER_REQUEST) as f64);
+    println!(
+        "OTLP protobuf: {:.1} bytes/span on the wire (uncompressed)",
+        wire_bytes as f64 / (num_requests * SPANS_PER_REQUEST) as f64
+    );
 
     // 1. Raw insert of the same rows.
     let raw = bench_store(base, "bench_raw").await?;
@@ -200,7 +248,10 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let raw_elapsed = started.elapsed();
     let num_spans = (num_requests * SPANS_PER_REQUEST) as f64;
     let raw_rate = num_spans / raw_elapsed.as_secs_f64();
-    println!("raw insert (clickhouse crate, same rows): {raw_rate:>10.0} spans/s ({:.1} s)", raw_elapsed.as_secs_f64());
+    println!(
+        "raw insert (clickhouse crate, same rows): {raw_rate:>10.0} spans/s ({:.1} s)",
+        raw_elapsed.as_secs_f64()
+    );
 
     // 2. End to end through OTLP/HTTP into an in-process collector.
     let e2e = bench_store(base, "bench_e2e").await?;
@@ -211,7 +262,10 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let collector = tokio::spawn(caracal_collector::run(
         caracal_collector::CollectorConfig::default(),
         e2e.clone(),
-        caracal_collector::Listeners { otlp_grpc: grpc, otlp_http: http },
+        caracal_collector::Listeners {
+            otlp_grpc: grpc,
+            otlp_http: http,
+        },
         async move {
             let _ = stopped.await;
         },
@@ -224,15 +278,24 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
         let (client, queue) = (client.clone(), queue.clone());
         senders.push(tokio::spawn(async move {
             loop {
-                let next = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.next();
-                let Some(body) = next else { return anyhow::Ok(()) };
+                let next = queue
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("queue poisoned"))?
+                    .next();
+                let Some(body) = next else {
+                    return anyhow::Ok(());
+                };
                 let response = client
                     .post(format!("http://{http_addr}/v1/traces"))
                     .header("content-type", "application/x-protobuf")
                     .body(body)
                     .send()
                     .await?;
-                anyhow::ensure!(response.status() == 200, "export failed: {}", response.status());
+                anyhow::ensure!(
+                    response.status() == 200,
+                    "export failed: {}",
+                    response.status()
+                );
             }
         }));
     }
@@ -242,15 +305,26 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let e2e_elapsed = started.elapsed();
     let e2e_rate = num_spans / e2e_elapsed.as_secs_f64();
     println!("end to end (OTLP/HTTP -> collector -> ClickHouse, acknowledged): {e2e_rate:>10.0} spans/s ({:.1} s)", e2e_elapsed.as_secs_f64());
-    println!("ratio end-to-end / raw insert: {:.2} (target >= 0.5)", e2e_rate / raw_rate);
+    println!(
+        "ratio end-to-end / raw insert: {:.2} (target >= 0.5)",
+        e2e_rate / raw_rate
+    );
     let _ = stop.send(());
     collector.await??;
 
     // 3. Bytes on disk per span, after merges.
-    let stored: u64 = e2e.client().query("SELECT count() FROM spans").fetch_one().await?;
+    let stored: u64 = e2e
+        .client()
+        .query("SELECT count() FROM spans")
+        .fetch_one()
+        .await?;
     println!("stored spans: {stored}");
     for table in ["spans", "spans_by_trace"] {
-        e2e.client().query(&format!("OPTIMIZE TABLE {table} FINAL")).execute().await.context("optimize")?;
+        e2e.client()
+            .query(&format!("OPTIMIZE TABLE {table} FINAL"))
+            .execute()
+            .await
+            .context("optimize")?;
     }
     let sizes: Vec<(String, u64, u64)> = e2e
         .client()
@@ -261,16 +335,31 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let mut total = 0;
     for (table, bytes, uncompressed) in &sizes {
         total += bytes;
-        println!("  {table:<22} {:>8.1} B/span on disk ({:.1} B/span uncompressed)", *bytes as f64 / stored as f64, *uncompressed as f64 / stored as f64);
+        println!(
+            "  {table:<22} {:>8.1} B/span on disk ({:.1} B/span uncompressed)",
+            *bytes as f64 / stored as f64,
+            *uncompressed as f64 / stored as f64
+        );
     }
-    let span_tables: u64 = sizes.iter().filter(|(table, _, _)| table.starts_with("spans")).map(|(_, bytes, _)| bytes).sum();
-    let main: u64 = sizes.iter().filter(|(table, _, _)| table == "spans").map(|(_, bytes, _)| bytes).sum();
+    let span_tables: u64 = sizes
+        .iter()
+        .filter(|(table, _, _)| table.starts_with("spans"))
+        .map(|(_, bytes, _)| bytes)
+        .sum();
+    let main: u64 = sizes
+        .iter()
+        .filter(|(table, _, _)| table == "spans")
+        .map(|(_, bytes, _)| bytes)
+        .sum();
     println!("bytes/span on disk: {:.1} (spans table), {:.1} (spans + trace-id copy), {:.1} (all tables)", main as f64 / stored as f64, span_tables as f64 / stored as f64, total as f64 / stored as f64);
 
     // 4. Query latency through the query API.
     let query_listener = TcpListener::bind("127.0.0.1:0").await?;
     let query_addr = query_listener.local_addr()?;
-    let router = caracal_query::router(caracal_query::AppState { store: e2e.clone(), config: caracal_query::QueryConfig::default() });
+    let router = caracal_query::router(caracal_query::AppState {
+        store: e2e.clone(),
+        config: caracal_query::QueryConfig::default(),
+    });
     let (query_stop, query_stopped) = tokio::sync::oneshot::channel::<()>();
     let query = tokio::spawn(caracal_query::serve(query_listener, router, async move {
         let _ = query_stopped.await;
@@ -279,21 +368,33 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let mut by_id = Vec::new();
     for _ in 0..options.queries {
         let trace_id = trace_ids[pick.below(trace_ids.len() as u64) as usize];
-        let url = format!("http://{query_addr}/api/traces/{}", caracal_model::ids::TraceId(trace_id).to_hex());
+        let url = format!(
+            "http://{query_addr}/api/traces/{}",
+            caracal_model::ids::TraceId(trace_id).to_hex()
+        );
         let started = Instant::now();
         let response = client.get(url).send().await?;
         anyhow::ensure!(response.status() == 200, "trace by id failed");
         let body: serde_json::Value = response.json().await?;
         by_id.push(started.elapsed());
-        anyhow::ensure!(body["data"][0]["spans"].as_array().map_or(0, Vec::len) == SPANS_PER_TRACE as usize, "incomplete trace");
+        anyhow::ensure!(
+            body["data"][0]["spans"].as_array().map_or(0, Vec::len) == SPANS_PER_TRACE as usize,
+            "incomplete trace"
+        );
     }
     let end_us = now_ns / 1_000;
     let start_us = end_us - window_ns / 1_000;
     let searches: [(&str, Vec<(&str, String)>); 4] = [
         ("service, last hour", vec![]),
         ("service + operation", vec![("operation", String::new())]),
-        ("service + tag", vec![("tags", r#"{"http.status_code":"500"}"#.to_owned())]),
-        ("service + minDuration", vec![("minDuration", "100ms".to_owned())]),
+        (
+            "service + tag",
+            vec![("tags", r#"{"http.status_code":"500"}"#.to_owned())],
+        ),
+        (
+            "service + minDuration",
+            vec![("minDuration", "100ms".to_owned())],
+        ),
     ];
     let mut lines = vec![summarize("trace by id", &mut by_id)];
     for (label, extra) in searches {
@@ -307,18 +408,33 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
                 ("limit", "20".to_owned()),
             ];
             for (key, value) in &extra {
-                let value = if value.is_empty() { format!("svc{service}-op{}", pick.below(OPERATIONS_PER_SERVICE)) } else { value.clone() };
+                let value = if value.is_empty() {
+                    format!("svc{service}-op{}", pick.below(OPERATIONS_PER_SERVICE))
+                } else {
+                    value.clone()
+                };
                 params.push((key, value));
             }
             let started = Instant::now();
-            let response = client.get(format!("http://{query_addr}/api/traces")).query(&params).send().await?;
-            anyhow::ensure!(response.status() == 200, "search failed: {}", response.text().await?);
+            let response = client
+                .get(format!("http://{query_addr}/api/traces"))
+                .query(&params)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status() == 200,
+                "search failed: {}",
+                response.text().await?
+            );
             let _: serde_json::Value = response.json().await?;
             timings.push(started.elapsed());
         }
         lines.push(summarize(label, &mut timings));
     }
-    println!("query latency at {stored} spans ({} samples each):", options.queries);
+    println!(
+        "query latency at {stored} spans ({} samples each):",
+        options.queries
+    );
     for line in lines {
         println!("  {line}");
     }
@@ -333,5 +449,9 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
 
 fn summarize(label: &str, timings: &mut [Duration]) -> String {
     timings.sort_unstable();
-    format!("{label:<24} p50 {:>7.2} ms   p99 {:>7.2} ms", millis(percentile(timings, 0.5)), millis(percentile(timings, 0.99)))
+    format!(
+        "{label:<24} p50 {:>7.2} ms   p99 {:>7.2} ms",
+        millis(percentile(timings, 0.5)),
+        millis(percentile(timings, 0.99))
+    )
 }

@@ -8,7 +8,11 @@ use std::{
 };
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Running {
@@ -44,12 +48,18 @@ async fn caracal_up_serves_and_stops_cleanly() {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let health = client.get(format!("http://127.0.0.1:{http}/healthz")).send().await;
+        let health = client
+            .get(format!("http://127.0.0.1:{http}/healthz"))
+            .send()
+            .await;
         if health.is_ok_and(|response| response.status() == 200) {
             break;
         }
         assert!(Instant::now() < deadline, "caracal did not become healthy");
-        assert!(running.child.try_wait().unwrap().is_none(), "caracal exited early");
+        assert!(
+            running.child.try_wait().unwrap().is_none(),
+            "caracal exited early"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -63,7 +73,9 @@ async fn caracal_up_serves_and_stops_cleanly() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let trace: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{http}/api/traces/00000000000000000000000000000011"))
+        .get(format!(
+            "http://127.0.0.1:{http}/api/traces/00000000000000000000000000000011"
+        ))
         .send()
         .await
         .unwrap()
@@ -72,7 +84,11 @@ async fn caracal_up_serves_and_stops_cleanly() {
         .unwrap();
     assert_eq!(trace["data"][0]["spans"].as_array().unwrap().len(), 5);
 
-    let status = Command::new("kill").arg("-TERM").arg(running.child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(running.child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = running.child.wait().unwrap();
     assert!(exit.success(), "caracal exited with {exit}");

@@ -10,8 +10,10 @@
 //! parent's service to the span's service. Children often arrive before their parents
 //! (a server span ends before the client span around it), so both sides wait for each
 //! other in two generations of maps that rotate every [`EDGE_WINDOW`]. A client or
-//! producer span naming `peer.service`, `db.system` or `messaging.system` is also an
-//! edge, to that database, queue or peer.
+//! producer span naming `db.system` or `messaging.system` is also an edge, to that
+//! database or queue. A client span naming `peer.service` becomes an edge to that peer
+//! only if no span of another service turns up as its child within the window: when the
+//! peer is instrumented, the service-to-service edge already counts the call.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -161,6 +163,16 @@ struct WaitingChild {
     is_error: bool,
 }
 
+/// A client call naming `peer.service`, waiting to see whether the peer is instrumented.
+#[derive(Debug, Clone, Copy)]
+struct PeerCall {
+    bucket: u32,
+    service: NameId,
+    peer: NameId,
+    duration_ns: u64,
+    is_error: bool,
+}
+
 /// Two generations of a map, so entries live between one and two windows.
 #[derive(Debug)]
 struct Generations<V> {
@@ -184,26 +196,48 @@ impl<V> Generations<V> {
             .or_else(|| self.previous.remove(key))
     }
 
+    /// Removes the key from both generations.
+    fn remove_all(&mut self, key: &(NameId, u64)) -> (Option<V>, Option<V>) {
+        (self.current.remove(key), self.previous.remove(key))
+    }
+
     fn get(&self, key: &(NameId, u64)) -> Option<&V> {
         self.current.get(key).or_else(|| self.previous.get(key))
     }
 
-    fn insert(&mut self, key: (NameId, u64), value: V) {
-        if self.current.len() >= MAX_REMEMBERED_SPANS {
-            self.rotate();
-        }
+    /// Inserts; when the current generation is full it rotates early and returns the
+    /// entries that expired.
+    fn insert(&mut self, key: (NameId, u64), value: V) -> HashMap<(NameId, u64), V> {
+        let expired = if self.current.len() >= MAX_REMEMBERED_SPANS {
+            self.rotate()
+        } else {
+            HashMap::new()
+        };
         self.current.insert(key, value);
+        expired
     }
 
-    fn rotate_if_due(&mut self, now: Instant) {
+    /// Rotates when the window has passed; returns the entries that expired.
+    fn rotate_if_due(&mut self, now: Instant) -> HashMap<(NameId, u64), V> {
         if now.duration_since(self.rotated_at) >= EDGE_WINDOW {
-            self.rotate();
+            self.rotate()
+        } else {
+            HashMap::new()
         }
     }
 
-    fn rotate(&mut self) {
-        self.previous = std::mem::take(&mut self.current);
+    /// Starts a new generation; returns the entries of the one that expired.
+    fn rotate(&mut self) -> HashMap<(NameId, u64), V> {
         self.rotated_at = Instant::now();
+        let expired = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
+        expired
+    }
+
+    /// Takes every entry of both generations.
+    fn take_all(&mut self) -> impl Iterator<Item = ((NameId, u64), V)> {
+        let current = std::mem::take(&mut self.current);
+        let previous = std::mem::take(&mut self.previous);
+        current.into_iter().chain(previous)
     }
 }
 
@@ -218,6 +252,8 @@ pub struct Aggregator {
     seen: Generations<NameId>,
     /// Children whose parent has not been seen yet, by (tenant, parent span id).
     waiting: Generations<Vec<WaitingChild>>,
+    /// Client calls naming `peer.service`, by (tenant, span id).
+    peer_calls: Generations<PeerCall>,
 }
 
 impl Default for Aggregator {
@@ -228,6 +264,7 @@ impl Default for Aggregator {
             edges: HashMap::new(),
             seen: Generations::new(),
             waiting: Generations::new(),
+            peer_calls: Generations::new(),
         }
     }
 }
@@ -249,100 +286,123 @@ impl Aggregator {
             .or_default()
             .record(sample.duration_ns, is_error);
 
-        if let Some((child_type, child)) = sample.remote {
-            if matches!(sample.kind, SpanKind::Client | SpanKind::Producer) {
+        // This span may be the parent of children that arrived first.
+        let mut has_remote_child = false;
+        let (current, previous) = self.waiting.remove_all(&(sample.tenant, sample.span_id));
+        for child in current.into_iter().chain(previous).flatten() {
+            if child.service != sample.service {
+                has_remote_child = true;
                 self.add_edge(
-                    sample.tenant,
-                    bucket,
-                    sample.service,
-                    child,
-                    child_type,
-                    sample.duration_ns,
-                    is_error,
+                    EdgeKey {
+                        tenant: sample.tenant,
+                        bucket: bucket_start(child.start_ns),
+                        parent: sample.service,
+                        child: child.service,
+                        child_type: ChildType::Service,
+                    },
+                    child.duration_ns,
+                    child.is_error,
                 );
             }
         }
-        // This span may be the parent of children that arrived first.
-        if let Some(children) = self.waiting.remove(&(sample.tenant, sample.span_id)) {
-            for child in children {
-                if child.service != sample.service {
-                    self.add_edge(
-                        sample.tenant,
-                        bucket_start(child.start_ns),
-                        sample.service,
-                        child.service,
-                        ChildType::Service,
-                        child.duration_ns,
-                        child.is_error,
-                    );
-                }
+        let is_outgoing = matches!(sample.kind, SpanKind::Client | SpanKind::Producer);
+        match sample.remote {
+            Some((ChildType::Peer, peer)) if is_outgoing && !has_remote_child => {
+                let call = PeerCall {
+                    bucket,
+                    service: sample.service,
+                    peer,
+                    duration_ns: sample.duration_ns,
+                    is_error,
+                };
+                let expired = self
+                    .peer_calls
+                    .insert((sample.tenant, sample.span_id), call);
+                self.emit_peer_calls(expired);
             }
+            Some((child_type, child)) if is_outgoing && child_type != ChildType::Peer => {
+                let key = EdgeKey {
+                    tenant: sample.tenant,
+                    bucket,
+                    parent: sample.service,
+                    child,
+                    child_type,
+                };
+                self.add_edge(key, sample.duration_ns, is_error);
+            }
+            _ => {}
         }
         self.seen
             .insert((sample.tenant, sample.span_id), sample.service);
-        if sample.parent_span_id != 0 {
-            let parent_key = (sample.tenant, sample.parent_span_id);
-            match self.seen.get(&parent_key) {
-                Some(parent_service) => {
-                    let parent_service = *parent_service;
-                    if parent_service != sample.service {
-                        self.add_edge(
-                            sample.tenant,
-                            bucket,
-                            parent_service,
-                            sample.service,
-                            ChildType::Service,
-                            sample.duration_ns,
-                            is_error,
-                        );
-                    }
-                }
-                None => {
-                    let child = WaitingChild {
-                        service: sample.service,
-                        start_ns: sample.start_ns,
-                        duration_ns: sample.duration_ns,
-                        is_error,
+        if sample.parent_span_id == 0 {
+            return;
+        }
+        let parent_key = (sample.tenant, sample.parent_span_id);
+        match self.seen.get(&parent_key).copied() {
+            Some(parent_service) => {
+                if parent_service != sample.service {
+                    // The parent's peer call reached an instrumented service.
+                    self.peer_calls.remove(&parent_key);
+                    let key = EdgeKey {
+                        tenant: sample.tenant,
+                        bucket,
+                        parent: parent_service,
+                        child: sample.service,
+                        child_type: ChildType::Service,
                     };
-                    if let Some(children) = self.waiting.current.get_mut(&parent_key) {
-                        children.push(child);
-                    } else {
-                        self.waiting.insert(parent_key, vec![child]);
-                    }
+                    self.add_edge(key, sample.duration_ns, is_error);
+                }
+            }
+            None => {
+                let child = WaitingChild {
+                    service: sample.service,
+                    start_ns: sample.start_ns,
+                    duration_ns: sample.duration_ns,
+                    is_error,
+                };
+                if let Some(children) = self.waiting.current.get_mut(&parent_key) {
+                    children.push(child);
+                } else {
+                    let _expired = self.waiting.insert(parent_key, vec![child]);
                 }
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn add_edge(
-        &mut self,
-        tenant: NameId,
-        bucket: u32,
-        parent: NameId,
-        child: NameId,
-        child_type: ChildType,
-        duration_ns: u64,
-        is_error: bool,
-    ) {
-        self.edges
-            .entry(EdgeKey {
+    /// Peer calls whose window passed without an instrumented child are edges to the peer.
+    fn emit_peer_calls(&mut self, calls: impl IntoIterator<Item = ((NameId, u64), PeerCall)>) {
+        for ((tenant, _), call) in calls {
+            let key = EdgeKey {
                 tenant,
-                bucket,
-                parent,
-                child,
-                child_type,
-            })
+                bucket: call.bucket,
+                parent: call.service,
+                child: call.peer,
+                child_type: ChildType::Peer,
+            };
+            self.add_edge(key, call.duration_ns, call.is_error);
+        }
+    }
+
+    fn add_edge(&mut self, key: EdgeKey, duration_ns: u64, is_error: bool) {
+        self.edges
+            .entry(key)
             .or_default()
             .record(duration_ns, is_error);
     }
 
-    /// Takes every aggregate as rows, leaving the aggregator empty (edge matching
-    /// state is kept, and expires by age).
-    pub fn drain(&mut self) -> (Vec<SpanMetricsRow>, Vec<DependencyRow>) {
+    /// Takes every aggregate as rows, leaving the aggregator empty. Edge matching state
+    /// is kept and expires by age, unless `is_final` (at shutdown), when pending peer
+    /// calls become edges at once.
+    pub fn drain(&mut self, is_final: bool) -> (Vec<SpanMetricsRow>, Vec<DependencyRow>) {
         let now = Instant::now();
         self.seen.rotate_if_due(now);
         self.waiting.rotate_if_due(now);
+        let expired = self.peer_calls.rotate_if_due(now);
+        self.emit_peer_calls(expired);
+        if is_final {
+            let pending: Vec<_> = self.peer_calls.take_all().collect();
+            self.emit_peer_calls(pending);
+        }
         let interner = &self.interner;
         let metrics = self
             .metrics
@@ -421,7 +481,7 @@ mod tests {
     }
 
     fn edges(aggregator: &mut Aggregator) -> Vec<(String, String, String, u64)> {
-        let (_, rows) = aggregator.drain();
+        let (_, rows) = aggregator.drain(true);
         let mut edges: Vec<_> = rows
             .into_iter()
             .map(|row| (row.parent, row.child, row.child_type, row.calls))
@@ -464,6 +524,51 @@ mod tests {
     }
 
     #[test]
+    fn peer_service_is_an_edge_only_when_the_peer_is_not_instrumented() {
+        let mut aggregator = Aggregator::default();
+        let peer = aggregator.interner.intern("orders");
+        let mut instrumented = sample(&mut aggregator, "gateway", SpanKind::Client, 1, 0);
+        instrumented.remote = Some((ChildType::Peer, peer));
+        aggregator.apply(&instrumented);
+        let server = sample(&mut aggregator, "orders", SpanKind::Server, 2, 1);
+        aggregator.apply(&server);
+        let external = aggregator.interner.intern("stripe");
+        let mut uninstrumented = sample(&mut aggregator, "gateway", SpanKind::Client, 3, 0);
+        uninstrumented.remote = Some((ChildType::Peer, external));
+        aggregator.apply(&uninstrumented);
+        // Child first, then the client span naming its peer.
+        let early_child = sample(&mut aggregator, "orders", SpanKind::Server, 5, 4);
+        aggregator.apply(&early_child);
+        let mut late_parent = sample(&mut aggregator, "gateway", SpanKind::Client, 4, 0);
+        late_parent.remote = Some((ChildType::Peer, peer));
+        aggregator.apply(&late_parent);
+        assert_eq!(
+            edges(&mut aggregator),
+            vec![
+                ("gateway".into(), "orders".into(), "service".into(), 2),
+                ("gateway".into(), "stripe".into(), "peer".into(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn children_waiting_across_a_rotation_all_match() {
+        let mut aggregator = Aggregator::default();
+        let first = sample(&mut aggregator, "x", SpanKind::Server, 2, 1);
+        aggregator.apply(&first);
+        aggregator.waiting.rotate();
+        aggregator.seen.rotate();
+        let second = sample(&mut aggregator, "x", SpanKind::Server, 3, 1);
+        aggregator.apply(&second);
+        let parent = sample(&mut aggregator, "g", SpanKind::Client, 1, 0);
+        aggregator.apply(&parent);
+        assert_eq!(
+            edges(&mut aggregator),
+            vec![("g".into(), "x".into(), "service".into(), 2)]
+        );
+    }
+
+    #[test]
     fn metrics_count_errors_and_extremes() {
         let mut aggregator = Aggregator::default();
         for (duration, status) in [
@@ -476,7 +581,7 @@ mod tests {
             one.status = status;
             aggregator.apply(&one);
         }
-        let (mut metrics, _) = aggregator.drain();
+        let (mut metrics, _) = aggregator.drain(false);
         metrics.sort_by_key(|row| row.status);
         assert_eq!(metrics.len(), 2);
         assert_eq!(
@@ -490,6 +595,6 @@ mod tests {
         );
         assert_eq!((metrics[1].count, metrics[1].errors), (1, 1));
         assert_eq!(metrics[0].hist_counts.iter().sum::<u64>(), 2);
-        assert!(aggregator.drain().0.is_empty());
+        assert!(aggregator.drain(false).0.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 """Fixtures: a local ClickHouse and one `caracal up` per test module.
 
 Each module gets its own Caracal process on free ports and its own ClickHouse database
-(`e2e_<module>_<pid>`), dropped at the end. Set CARACAL_BIN to test another binary
+(`e2e_<module>_<pid>`), dropped at the end; `launch_caracal` starts servers on demand
+for restart tests. Set CARACAL_BIN to test another binary
 (default: target/debug/caracal, built with `cargo build`), and CARACAL_LOG to change
 the server's log filter (default: info). When a test fails, the server's log is added
 to the failure report.
@@ -9,10 +10,13 @@ to the failure report.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +47,9 @@ class Caracal:
     def __post_init__(self) -> None:
         self.api = Api(f"http://{self.http_addr}")
 
+    def __repr__(self) -> str:
+        return f"Caracal(database={self.database!r}, api={self.api.base_url!r})"
+
     @property
     def otlp_http_url(self) -> str:
         return f"http://{self.otlp_http_addr}/v1/traces"
@@ -54,6 +61,23 @@ class Caracal:
     def assert_running(self) -> None:
         code = self.process.poll()
         assert code is None, f"caracal exited with {code}:\n{self.log_tail()}"
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"caracal ignored SIGTERM for {STOP_TIMEOUT_S} s") from None
+
+    def stop_cleanly(self) -> None:
+        """Stops a server that must still be running, and must exit with 0."""
+        self.assert_running()
+        code = self.stop()
+        assert code == 0, f"caracal exited with {code} after SIGTERM:\n{self.log_tail()}"
 
 
 def free_addr() -> str:
@@ -94,6 +118,7 @@ def start_caracal(database: str, log_path: Path, clickhouse_url: str) -> Caracal
         "CARACAL_HTTP_ADDR": addrs["query"],
         "CARACAL_ZIPKIN_ADDR": addrs["zipkin"],
         "CARACAL_LOG": os.environ.get("CARACAL_LOG", "info"),
+        "NO_COLOR": "1",
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -113,48 +138,67 @@ def start_caracal(database: str, log_path: Path, clickhouse_url: str) -> Caracal
     try:
         wait_until(ready, timeout=START_TIMEOUT_S, interval=0.2)
     except AssertionError:
-        stop_caracal(caracal)
+        caracal.stop()
         raise
     return caracal
 
 
-def stop_caracal(caracal: Caracal) -> int:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; returns the exit code."""
-    if caracal.process.poll() is None:
-        caracal.process.send_signal(signal.SIGTERM)
+def database_name(node_name: str) -> str:
+    return f"e2e_{re.sub(r'[^A-Za-z0-9_]', '_', node_name)}_{os.getpid()}"
+
+
+@contextlib.contextmanager
+def fresh_database(name: str):
+    """A ClickHouse database name, dropped before and after use."""
+    clickhouse(f"DROP DATABASE IF EXISTS {name}")
     try:
-        return caracal.process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        caracal.process.kill()
-        caracal.process.wait()
-        raise AssertionError(f"caracal ignored SIGTERM for {STOP_TIMEOUT_S} s")
+        yield name
+    finally:
+        clickhouse(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture(scope="module")
 def caracal(request, clickhouse_url, tmp_path_factory) -> Caracal:
     """`caracal up` on free ports with a database of its own, for one test module."""
     module = request.module.__name__.rsplit(".", 1)[-1]
-    database = f"e2e_{module}_{os.getpid()}"
-    clickhouse(f"DROP DATABASE IF EXISTS {database}")
-    log_path = tmp_path_factory.mktemp("caracal") / f"{module}.log"
-    server = start_caracal(database, log_path, clickhouse_url)
-    request.node.caracal_server = server
-    try:
-        yield server
-        server.assert_running()
-        code = stop_caracal(server)
-        assert code == 0, f"caracal exited with {code} after SIGTERM:\n{server.log_tail()}"
-    finally:
-        if server.process.poll() is None:
-            stop_caracal(server)
-        clickhouse(f"DROP DATABASE IF EXISTS {database}")
+    with fresh_database(database_name(module)) as database:
+        log_path = tmp_path_factory.mktemp("caracal") / f"{module}.log"
+        server = start_caracal(database, log_path, clickhouse_url)
+        request.node.caracal_servers = [server]
+        try:
+            yield server
+            server.stop_cleanly()
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def launch_caracal(request, clickhouse_url, tmp_path) -> Callable[[], Caracal]:
+    """Starts `caracal up` processes on demand, one after another on the same fresh
+    database (for restart tests); any still running are stopped at the end."""
+    with fresh_database(database_name(request.node.name)) as database:
+        started: list[Caracal] = []
+        request.node.caracal_servers = started
+
+        def launch() -> Caracal:
+            log_path = tmp_path / f"caracal-{len(started)}.log"
+            started.append(start_caracal(database, log_path, clickhouse_url))
+            return started[-1]
+
+        try:
+            yield launch
+        finally:
+            for server in started:
+                server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Adds the server's log to the report of a failed test (or failed teardown)."""
+    """Adds the servers' logs to the report of a failed test (or failed teardown)."""
     outcome = yield
     report = outcome.get_result()
-    server = getattr(item.getparent(pytest.Module), "caracal_server", None)
-    if report.failed and server is not None:
+    if not report.failed:
+        return
+    servers = getattr(item.getparent(pytest.Module), "caracal_servers", [])
+    for server in servers + getattr(item, "caracal_servers", []):
         report.sections.append((f"caracal log ({server.log_path})", server.log_tail()))

@@ -7,9 +7,11 @@ The `caracal` fixture (conftest.py) yields a `Caracal`; tests talk to it through
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import requests
@@ -20,6 +22,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ProtoResource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -59,6 +64,11 @@ def trace_hex(trace_id: int) -> str:
 
 def span_hex(span_id: int) -> str:
     return format(span_id, "016x")
+
+
+def parent_hex(span: ReadableSpan) -> str | None:
+    """The parent span id of an SDK span, as the API shows it; None for roots."""
+    return span_hex(span.parent.span_id) if span.parent else None
 
 
 # --- the query API -------------------------------------------------------------------
@@ -185,6 +195,48 @@ def sdk_pipeline(
 
 
 # --- raw OTLP --------------------------------------------------------------------------
+
+
+def new_span(
+    name: str, trace_id: bytes | None = None, span_id: bytes | None = None, **fields
+) -> Span:
+    """A protobuf span (by default: a server span of 5 ms that started 1 s ago, with
+    random ids); `fields` set or override any Span field."""
+    start = fields.get("start_time_unix_nano", now_ns() - 1_000 * MS_NS)
+    defaults = {
+        "kind": Span.SPAN_KIND_SERVER,
+        "start_time_unix_nano": start,
+        "end_time_unix_nano": start + 5 * MS_NS,
+    }
+    return Span(
+        trace_id=os.urandom(16) if trace_id is None else trace_id,
+        span_id=os.urandom(8) if span_id is None else span_id,
+        name=name,
+        **(defaults | fields),
+    )
+
+
+def string_attribute(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def export_request(*spans: Span, service: str) -> bytes:
+    """A serialized ExportTraceServiceRequest holding `spans` of `service`."""
+    resource = ProtoResource(attributes=[string_attribute("service.name", service)])
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=spans)])]
+    )
+    return request.SerializeToString()
+
+
+def send(caracal, transport: str, body: bytes) -> trace_service_pb2.ExportTraceServiceResponse:
+    """Exports `body` over `transport` ("http" or "grpc"); returns the response."""
+    if transport == "grpc":
+        return export_response(grpc_export(caracal, body))
+    response = http_export(caracal, body)
+    assert response.status_code == 200, response.content
+    assert response.headers["Content-Type"] == "application/x-protobuf"
+    return export_response(response.content)
 
 
 def grpc_export(caracal, body: bytes, **call_options: Any) -> bytes:

@@ -196,9 +196,9 @@ export function getDependencies(endTs: number, lookbackMs: number, signal?: Abor
   ).then((edges) => edges ?? []);
 }
 
-/** RED metrics; start/end are Unix ms, step is seconds (a multiple of 10). */
+/** RED metrics; start/end are Unix ms, step is seconds (a multiple of 10); spanKind narrows to one kind. */
 export async function getMetrics(
-  params: { service: string; operation?: string; start: number; end: number; step: number },
+  params: { service: string; operation?: string; spanKind?: string; start: number; end: number; step: number },
   signal?: AbortSignal,
 ): Promise<Metrics> {
   return (await getJson(`/api/v1/metrics${query(params)}`, signal)) as Metrics;

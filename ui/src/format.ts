@@ -13,6 +13,9 @@ export function formatDuration(us: number): string {
   return `${us < 0 ? '-' : ''}${minutes}m ${seconds}s`;
 }
 
+/** A duration for an axis label: a bare 0 at the origin. */
+export const formatAxisDuration = (us: number) => (us === 0 ? '0' : formatDuration(us));
+
 /** Rounds to `digits` significant digits, dropping trailing zeros. */
 function round(value: number, digits: number): string {
   return String(Number(value.toPrecision(digits)));

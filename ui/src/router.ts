@@ -71,9 +71,11 @@ export class Router {
   private interceptClick(event: MouseEvent): void {
     if (event.defaultPrevented || event.button !== 0) return;
     if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+    // Works for HTML and SVG links alike (an SVG <a> has no string `href` property).
     const anchor = (event.target as Element | null)?.closest?.('a');
-    if (!anchor || anchor.target || anchor.hasAttribute('download')) return;
-    const url = new URL(anchor.href, location.href);
+    const href = anchor?.getAttribute('href');
+    if (!anchor || !href || anchor.getAttribute('target') || anchor.hasAttribute('download')) return;
+    const url = new URL(href, location.href);
     if (url.origin !== location.origin || url.pathname.startsWith('/api/')) return;
     event.preventDefault();
     if (url.href !== location.href) this.navigate(url.pathname + url.search + url.hash);

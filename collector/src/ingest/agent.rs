@@ -48,7 +48,9 @@ impl SeenReports {
     }
 
     fn insert(&mut self, instance: &str, sequence: u64) {
-        if self.by_instance.len() >= REMEMBERED_INSTANCES && !self.by_instance.contains_key(instance) {
+        if self.by_instance.len() >= REMEMBERED_INSTANCES
+            && !self.by_instance.contains_key(instance)
+        {
             self.by_instance.clear();
         }
         let sequences = self.by_instance.entry(instance.to_owned()).or_default();
@@ -71,7 +73,12 @@ pub struct AgentReportService {
 impl AgentReportService {
     /// A service storing through `ingest` (kept spans) and `store` (everything else).
     pub fn new(ingest: Ingest, store: Store, max_request_bytes: usize) -> Self {
-        Self { ingest, store, max_request_bytes, seen: Arc::default() }
+        Self {
+            ingest,
+            store,
+            max_request_bytes,
+            seen: Arc::default(),
+        }
     }
 
     fn already_stored(&self, report: &AgentReport) -> bool {
@@ -92,7 +99,9 @@ impl AgentReportService {
             return Ok(ReportResponse { stored: false });
         }
         if !report.kept_spans.is_empty() {
-            let spans = ExportTraceServiceRequest { resource_spans: report.kept_spans.clone() };
+            let spans = ExportTraceServiceRequest {
+                resource_spans: report.kept_spans.clone(),
+            };
             self.ingest
                 .export_spans(DEFAULT_TENANT, spans, 0, false)
                 .await
@@ -100,11 +109,19 @@ impl AgentReportService {
         }
         let rows = ReportRows::from_report(&report);
         let stored = async {
-            self.store.insert_rows("span_metrics_input", &rows.metrics).await?;
-            self.store.insert_rows("dependency_input", &rows.edges).await?;
+            self.store
+                .insert_rows("span_metrics_input", &rows.metrics)
+                .await?;
+            self.store
+                .insert_rows("dependency_input", &rows.edges)
+                .await?;
             self.store.insert_rows("agent_events", &rows.events).await?;
-            self.store.insert_rows("agent_metrics", &rows.metric_values).await?;
-            self.store.insert_rows("agent_heartbeats", &rows.heartbeats).await
+            self.store
+                .insert_rows("agent_metrics", &rows.metric_values)
+                .await?;
+            self.store
+                .insert_rows("agent_heartbeats", &rows.heartbeats)
+                .await
         };
         if let Err(error) = stored.await {
             tracing::warn!(%error, instance = %report.instance, "cannot store agent report");
@@ -155,7 +172,11 @@ impl ReportRows {
                     bucket: aggregate.bucket,
                     parent: report.service.clone(),
                     child: aggregate.peer.clone(),
-                    child_type: if aggregate.peer_type.is_empty() { "service".into() } else { aggregate.peer_type.clone() },
+                    child_type: if aggregate.peer_type.is_empty() {
+                        "service".into()
+                    } else {
+                        aggregate.peer_type.clone()
+                    },
                     calls: aggregate.count,
                     errors: aggregate.errors,
                     sum_ns: aggregate.sum_ns,
@@ -229,16 +250,22 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().path() != REPORT_PATH {
-            return Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) });
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
         }
         let service = self.clone();
         Box::pin(async move {
             let mut encodings = EnabledCompressionEncodings::default();
             encodings.enable(CompressionEncoding::Gzip);
-            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default())
-                .apply_compression_config(encodings, EnabledCompressionEncodings::default())
-                .apply_max_message_size_config(Some(service.max_request_bytes), None);
-            Ok(grpc.unary(ReportHandler(service), request).await)
+            let mut grpc =
+                Grpc::new(tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default())
+                    .apply_compression_config(encodings, EnabledCompressionEncodings::default())
+                    .apply_max_message_size_config(Some(service.max_request_bytes), None);
+            let response = grpc.unary(ReportHandler(service), request).await;
+            Ok(super::otlp_grpc::out_of_range_as_resource_exhausted(
+                response,
+            ))
         })
     }
 }
@@ -251,6 +278,11 @@ impl UnaryService<AgentReport> for ReportHandler {
 
     fn call(&mut self, request: tonic::Request<AgentReport>) -> Self::Future {
         let service = self.0.clone();
-        Box::pin(async move { service.store_report(request.into_inner()).await.map(tonic::Response::new) })
+        Box::pin(async move {
+            service
+                .store_report(request.into_inner())
+                .await
+                .map(tonic::Response::new)
+        })
     }
 }

@@ -86,7 +86,8 @@ impl Ingest {
         request: ExportTraceServiceRequest,
         num_invalid_utf8: u64,
     ) -> Result<ExportOutcome, IngestError> {
-        self.export_spans(tenant, request, num_invalid_utf8, true).await
+        self.export_spans(tenant, request, num_invalid_utf8, true)
+            .await
     }
 
     /// Like [`Ingest::export`], choosing whether the spans count in aggregates.

@@ -94,9 +94,27 @@ where
             let mut grpc = Grpc::new(RawRequestCodec)
                 .apply_compression_config(encodings, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(service.max_request_bytes), None);
-            Ok(grpc.unary(ExportHandler(service), request).await)
+            let response = grpc.unary(ExportHandler(service), request).await;
+            Ok(out_of_range_as_resource_exhausted(response))
         })
     }
+}
+
+/// tonic refuses an oversized message with `OUT_OF_RANGE`, which OTLP clients retry
+/// forever; the handler itself never answers `OUT_OF_RANGE`, so any such answer is the
+/// size check, and becomes the non-retryable `RESOURCE_EXHAUSTED` OTLP expects.
+pub(crate) fn out_of_range_as_resource_exhausted(
+    mut response: http::Response<Body>,
+) -> http::Response<Body> {
+    let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
+    let headers = response.headers_mut();
+    if headers.get(Status::GRPC_STATUS) == Some(&out_of_range) {
+        headers.insert(
+            Status::GRPC_STATUS,
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+    }
+    response
 }
 
 struct ExportHandler(TraceExportService);

@@ -8,7 +8,10 @@ use std::future::Future;
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{
+        rejection::{BytesRejection, FailedToBufferBody},
+        DefaultBodyLimit, State,
+    },
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
@@ -91,11 +94,26 @@ fn request_format(headers: &HeaderMap) -> Result<Format, IngestError> {
 async fn export_traces(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let format = match request_format(&headers) {
         Ok(format) => format,
         Err(error) => return error_response(Format::Json, &error),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            let limit = state.max_request_bytes;
+            let error = IngestError::TooLarge {
+                size: limit + 1,
+                limit,
+            };
+            return error_response(format, &error);
+        }
+        Err(rejection) => {
+            let error = IngestError::Malformed(format!("cannot read body: {rejection}"));
+            return error_response(format, &error);
+        }
     };
     match handle(&state, &headers, format, body).await {
         Ok(outcome) => success_response(format, outcome),

@@ -136,7 +136,7 @@ mod tests {
             span_id,
             parent_span_id: parent,
             start_time_unix_nano: start,
-            end_time_unix_nano: start + 10,
+            end_time_unix_nano: start.saturating_add(10),
             ..Default::default()
         }
     }

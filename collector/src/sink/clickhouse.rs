@@ -99,15 +99,21 @@ impl Writer {
                 _ = tokio::time::sleep(time_left), if !self.pending_acks.is_empty() => {
                     self.commit(false).await;
                 }
-                _ = aggregate_tick.tick() => self.flush_aggregates().await,
+                _ = aggregate_tick.tick() => self.flush_aggregates(false).await,
             }
         }
         self.commit(true).await;
-        self.flush_aggregates().await;
+        self.flush_aggregates(true).await;
     }
 
     async fn write(&mut self, request: WriteRequest) {
-        let WriteRequest { tenant, request, ack, count_in_aggregates, .. } = request;
+        let WriteRequest {
+            tenant,
+            request,
+            ack,
+            count_in_aggregates,
+            ..
+        } = request;
         let tenant_id = self.aggregator.interner.intern(&tenant);
         let mut flattener = Flattener::default();
         let mut result = Ok(());
@@ -189,12 +195,16 @@ impl Writer {
         self.inserter = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
     }
 
-    async fn flush_aggregates(&mut self) {
-        let (metrics, edges) = self.aggregator.drain();
+    async fn flush_aggregates(&mut self, is_final: bool) {
+        let (metrics, edges) = self.aggregator.drain(is_final);
         self.unsent_metrics.extend(metrics);
         self.unsent_edges.extend(edges);
         if !self.unsent_metrics.is_empty() {
-            match self.store.insert_rows("span_metrics_input", &self.unsent_metrics).await {
+            match self
+                .store
+                .insert_rows("span_metrics_input", &self.unsent_metrics)
+                .await
+            {
                 Ok(()) => self.unsent_metrics.clear(),
                 Err(error) => {
                     tracing::warn!(%error, rows = self.unsent_metrics.len(), "cannot write span metrics, will retry");
@@ -203,7 +213,11 @@ impl Writer {
             }
         }
         if !self.unsent_edges.is_empty() {
-            match self.store.insert_rows("dependency_input", &self.unsent_edges).await {
+            match self
+                .store
+                .insert_rows("dependency_input", &self.unsent_edges)
+                .await
+            {
                 Ok(()) => self.unsent_edges.clear(),
                 Err(error) => {
                     tracing::warn!(%error, rows = self.unsent_edges.len(), "cannot write dependencies, will retry");

@@ -209,9 +209,25 @@ mod tests {
             service: "orders".into(),
             instance: "i-1".into(),
             sequence: 7,
-            aggregates: vec![Aggregate { bucket: 10, name: "GET /".into(), count: 3, hist_keys: vec![1, 2], hist_counts: vec![1, 2], ..Default::default() }],
-            metrics: vec![MetricValue { name: "queue".into(), kind: MetricKind::Gauge as i32, value: 3.5, count: 1, bucket: 10 }],
-            heartbeat: Some(Heartbeat { rss_bytes: 1 << 20, ..Default::default() }),
+            aggregates: vec![Aggregate {
+                bucket: 10,
+                name: "GET /".into(),
+                count: 3,
+                hist_keys: vec![1, 2],
+                hist_counts: vec![1, 2],
+                ..Default::default()
+            }],
+            metrics: vec![MetricValue {
+                name: "queue".into(),
+                kind: MetricKind::Gauge as i32,
+                value: 3.5,
+                count: 1,
+                bucket: 10,
+            }],
+            heartbeat: Some(Heartbeat {
+                rss_bytes: 1 << 20,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let decoded = AgentReport::decode(report.encode_to_vec().as_slice()).unwrap();

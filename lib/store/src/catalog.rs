@@ -15,13 +15,23 @@ pub fn sql_catalog(database: &str) -> Vec<String> {
     }
     let tenant = "default";
     let bind = |sql: &str, values: &[reader::BindValue]| {
-        reader::BoundSql { sql: sql.to_owned(), binds: values.to_vec() }.render(&fields)
+        reader::BoundSql {
+            sql: sql.to_owned(),
+            binds: values.to_vec(),
+        }
+        .render(&fields)
     };
     statements.push(bind(
         &migrate::record_migration_sql(database),
-        &[reader::BindValue::Number(0), reader::BindValue::Text("0000_schema_migrations.sql".into())],
+        &[
+            reader::BindValue::Number(0),
+            reader::BindValue::Text("0000_schema_migrations.sql".into()),
+        ],
     ));
-    statements.push(bind(migrate::SCHEMA_TABLE_EXISTS_SQL, &[reader::BindValue::Text(database.into())]));
+    statements.push(bind(
+        migrate::SCHEMA_TABLE_EXISTS_SQL,
+        &[reader::BindValue::Text(database.into())],
+    ));
     statements.push(migrate::schema_version_sql(database));
 
     let mut search = reader::TraceQuery {
@@ -53,22 +63,35 @@ pub fn sql_catalog(database: &str) -> Vec<String> {
     statements.push(reader::services_sql(database, tenant).render(&fields));
     statements.push(reader::operations_sql(database, tenant, "svc", Some(2)).render(&fields));
     statements.push(reader::operations_sql(database, tenant, "svc", None).render(&fields));
-    for (start, end) in [(1_700_000_000, 1_700_000_600), (1_699_920_000, 1_700_006_400)] {
+    for (start, end) in [
+        (1_700_000_000, 1_700_000_600),
+        (1_699_920_000, 1_700_006_400),
+    ] {
         statements.push(reader::dependencies_sql(database, tenant, start, end).render(&fields));
     }
     for (suffix, seconds) in reader::RESOLUTIONS {
         let start = 1_699_920_000 - 1_699_920_000 % seconds;
         let window = (start, start + seconds * 10, seconds.max(10));
-        let sql = reader::span_metrics_sql(database, tenant, "svc", Some("op"), window);
-        assert!(sql.sql.contains(&format!("span_metrics_{suffix}")), "resolution {suffix}");
+        let sql = reader::span_metrics_sql(database, tenant, "svc", Some("op"), Some(2), window);
+        assert!(
+            sql.sql.contains(&format!("span_metrics_{suffix}")),
+            "resolution {suffix}"
+        );
         statements.push(sql.render(&fields));
     }
     statements.push(bind(
         retention::PARTITIONS_SQL,
-        &[reader::BindValue::Text(database.into()), reader::BindValue::Text("spans".into())],
+        &[
+            reader::BindValue::Text(database.into()),
+            reader::BindValue::Text("spans".into()),
+        ],
     ));
     statements.push(retention::drop_partition_sql(database, "spans", "20170101"));
-    statements.push(retention::drop_partition_sql(database, "span_metrics_1h", "201701"));
+    statements.push(retention::drop_partition_sql(
+        database,
+        "span_metrics_1h",
+        "201701",
+    ));
     statements
 }
 
@@ -84,6 +107,8 @@ mod tests {
             assert!(!statement.contains("${database}"), "{statement}");
             assert!(!statement.contains("?fields"), "{statement}");
         }
-        assert!(statements.iter().any(|statement| statement.contains("'op\\'s'")));
+        assert!(statements
+            .iter()
+            .any(|statement| statement.contains("'op\\'s'")));
     }
 }

@@ -52,7 +52,9 @@ pub fn schema_version_sql(database: &str) -> String {
 
 /// Records one migration; bind version and name.
 pub fn record_migration_sql(database: &str) -> String {
-    format!("INSERT INTO {database}.schema_migrations (version, name, applied_at) SELECT ?, ?, now()")
+    format!(
+        "INSERT INTO {database}.schema_migrations (version, name, applied_at) SELECT ?, ?, now()"
+    )
 }
 
 /// The schema version this build needs.

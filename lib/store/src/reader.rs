@@ -313,7 +313,10 @@ pub fn dependencies_sql(database: &str, tenant: &str, start: u32, end: u32) -> B
     sql.push(".dependencies_");
     sql.push(suffix);
     sql.text(" WHERE tenant = ?", tenant);
-    sql.number(" AND ts >= toDateTime(?)", u64::from(start - start % seconds));
+    sql.number(
+        " AND ts >= toDateTime(?)",
+        u64::from(start - start % seconds),
+    );
     sql.number(" AND ts < toDateTime(?)", u64::from(end));
     sql.push(" GROUP BY parent, child, child_type ORDER BY parent, child");
     sql
@@ -325,13 +328,19 @@ pub fn span_metrics_sql(
     tenant: &str,
     service: &str,
     operation: Option<&str>,
+    kind: Option<u8>,
     (start, end, step): (u32, u32, u32),
 ) -> BoundSql {
     let (suffix, _) = resolution_for(start, end, step);
     let mut sql = BoundSql::default();
     sql.number("SELECT toUInt32(intDiv(toUInt32(ts), ?)", u64::from(step));
-    sql.number(" * ?) AS step_ts, sumMerge(count) AS count, sumMerge(errors) AS errors, ", u64::from(step));
-    sql.push("sumMerge(sum_ns) AS sum_ns, minMerge(min_ns) AS min_ns, maxMerge(max_ns) AS max_ns, ");
+    sql.number(
+        " * ?) AS step_ts, sumMerge(count) AS count, sumMerge(errors) AS errors, ",
+        u64::from(step),
+    );
+    sql.push(
+        "sumMerge(sum_ns) AS sum_ns, minMerge(min_ns) AS min_ns, maxMerge(max_ns) AS max_ns, ",
+    );
     sql.push("sumMapMerge(hist) AS hist FROM ");
     sql.push(database);
     sql.push(".span_metrics_");
@@ -340,6 +349,9 @@ pub fn span_metrics_sql(
     sql.text(" AND service = ?", service);
     if let Some(operation) = operation {
         sql.text(" AND operation = ?", operation);
+    }
+    if let Some(kind) = kind {
+        sql.number(" AND kind = ?", u64::from(kind));
     }
     sql.number(" AND ts >= toDateTime(?)", u64::from(start));
     sql.number(" AND ts < toDateTime(?)", u64::from(end));
@@ -356,7 +368,11 @@ impl Store {
     }
 
     /// Every span of the given traces, ordered by trace then start.
-    pub async fn get_traces(&self, tenant: &str, trace_ids: &[[u8; 16]]) -> Result<Vec<StoredSpan>> {
+    pub async fn get_traces(
+        &self,
+        tenant: &str,
+        trace_ids: &[[u8; 16]],
+    ) -> Result<Vec<StoredSpan>> {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -371,29 +387,39 @@ impl Store {
     }
 
     /// Operations of a service, optionally of one span kind, sorted by name.
-    pub async fn operations(&self, tenant: &str, service: &str, kind: Option<u8>) -> Result<Vec<Operation>> {
+    pub async fn operations(
+        &self,
+        tenant: &str,
+        service: &str,
+        kind: Option<u8>,
+    ) -> Result<Vec<Operation>> {
         let sql = operations_sql(self.database(), tenant, service, kind);
         Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
     /// Dependency edges with calls in `[start, end)` (Unix seconds).
-    pub async fn dependencies(&self, tenant: &str, start: u32, end: u32) -> Result<Vec<DependencyEdge>> {
+    pub async fn dependencies(
+        &self,
+        tenant: &str,
+        start: u32,
+        end: u32,
+    ) -> Result<Vec<DependencyEdge>> {
         let sql = dependencies_sql(self.database(), tenant, start, end);
         Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
-    /// RED metrics of a service (or one of its operations) per `step` seconds over
-    /// `[start, end)` (Unix seconds), read from the coarsest rollup that tiles the window.
+    /// RED metrics of a service (or one of its operations, or one span kind) per `step`
+    /// seconds over `window = (start, end, step)`, `[start, end)` in Unix seconds, read
+    /// from the coarsest rollup that tiles the window.
     pub async fn span_metrics(
         &self,
         tenant: &str,
         service: &str,
         operation: Option<&str>,
-        start: u32,
-        end: u32,
-        step: u32,
+        kind: Option<u8>,
+        window: (u32, u32, u32),
     ) -> Result<Vec<MetricsPoint>> {
-        let sql = span_metrics_sql(self.database(), tenant, service, operation, (start, end, step));
+        let sql = span_metrics_sql(self.database(), tenant, service, operation, kind, window);
         let rows: Vec<MetricsRowRaw> = sql.into_query(self.client()).fetch_all().await?;
         Ok(rows
             .into_iter()

@@ -1,7 +1,7 @@
 //! `GET /api/v1/metrics`: RED metrics with exact-merge percentiles.
 
 use axum::{
-    extract::{Query, State},
+    extract::{rejection::QueryRejection, Query, State},
     Json,
 };
 use caracal_model::histogram::LatencyHistogram;
@@ -19,6 +19,8 @@ pub struct MetricsParams {
     start: Option<u64>,
     end: Option<u64>,
     step: Option<u32>,
+    #[serde(rename = "spanKind")]
+    span_kind: Option<String>,
 }
 
 /// One step (or the whole window) of RED metrics.
@@ -116,8 +118,9 @@ impl Merged {
 /// `GET /api/v1/metrics?service=&operation=&start=&end=&step=`.
 pub async fn metrics(
     State(state): State<AppState>,
-    Query(params): Query<MetricsParams>,
+    params: Result<Query<MetricsParams>, QueryRejection>,
 ) -> Result<Json<MetricsResponse>, ApiError> {
+    let Query(params) = params?;
     let service = params
         .service
         .filter(|service| !service.is_empty())
@@ -136,7 +139,16 @@ pub async fn metrics(
             "'step' must be a positive multiple of 10 seconds".into(),
         ));
     }
-    let start = to_seconds(start_ms);
+    // A bucket that starts before `start` is included whole, so windows need no alignment.
+    let start = to_seconds(start_ms) / 10 * 10;
+    let kind = match params.span_kind.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            caracal_model::span::SpanKind::from_jaeger_name(name)
+                .ok_or_else(|| ApiError::BadRequest(format!("unknown spanKind {name:?}")))?
+                as u8,
+        ),
+    };
     let end = to_seconds(end_ms.saturating_add(999));
     let points = state
         .store
@@ -144,9 +156,8 @@ pub async fn metrics(
             DEFAULT_TENANT,
             &service,
             params.operation.as_deref().filter(|op| !op.is_empty()),
-            start,
-            end,
-            step,
+            kind,
+            (start, end, step),
         )
         .await?;
     let mut total = Merged::default();

@@ -7,13 +7,13 @@ pub mod traces;
 
 use axum::{
     extract::State,
-    http::StatusCode,
+    http::{header, StatusCode},
     response::{Html, IntoResponse, Response},
     routing::get,
     Router,
 };
 use serde::Serialize;
-use tower_http::services::{ServeDir, ServeFile};
+use tower_http::services::ServeDir;
 
 use crate::AppState;
 
@@ -63,22 +63,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/traces/{trace_id}", get(traces::get_trace))
         .route("/api/v1/metrics", get(metrics::metrics))
         .with_state(state.clone());
-    let ui_dir = &state.config.ui_dir;
-    if ui_dir.join("index.html").is_file() {
-        let index = ServeFile::new(ui_dir.join("index.html"));
-        api.fallback_service(ServeDir::new(ui_dir).fallback(index))
-    } else {
-        api.fallback(get(ui_missing))
-    }
+    // Files of the built UI; any other path gets index.html (client-side routes), read
+    // per request so a UI built after start is picked up.
+    let ui_dir = state.config.ui_dir.clone();
+    let index = get(move || ui_index(ui_dir.join("index.html")));
+    api.fallback_service(ServeDir::new(&state.config.ui_dir).fallback(index))
 }
 
-async fn ui_missing() -> Response {
-    Html(
-        "<!doctype html><title>Caracal</title><h1>Caracal</h1>\
-         <p>The web UI is not built. Run <code>scripts/build-ui.sh</code>, or use the API: \
-         <a href=\"/api/services\">/api/services</a>.</p>",
-    )
-    .into_response()
+async fn ui_index(path: std::path::PathBuf) -> Response {
+    match tokio::fs::read(&path).await {
+        Ok(page) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response(),
+        Err(_) => Html(
+            "<!doctype html><title>Caracal</title><h1>Caracal</h1>\
+             <p>The web UI is not built. Run <code>scripts/build-ui.sh</code>, or use the API: \
+             <a href=\"/api/services\">/api/services</a>.</p>",
+        )
+        .into_response(),
+    }
 }
 
 /// 200 when ClickHouse answers and the schema is current, 503 otherwise.

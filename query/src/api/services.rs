@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     Json,
 };
 use caracal_model::span::SpanKind;
@@ -57,8 +57,9 @@ pub struct OperationView {
 /// `GET /api/operations?service=&spanKind=`: operations with their span kind.
 pub async fn operations(
     State(state): State<AppState>,
-    Query(params): Query<OperationsParams>,
+    params: Result<Query<OperationsParams>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<OperationView>>>, ApiError> {
+    let Query(params) = params?;
     let service = params
         .service
         .filter(|service| !service.is_empty())
@@ -112,8 +113,9 @@ const DEFAULT_LOOKBACK_MS: u64 = 86_400_000;
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds): service call edges.
 pub async fn dependencies(
     State(state): State<AppState>,
-    Query(params): Query<DependenciesParams>,
+    params: Result<Query<DependenciesParams>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<DependencyView>>>, ApiError> {
+    let Query(params) = params?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);

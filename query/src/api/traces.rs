@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     Json,
 };
 use caracal_model::{
@@ -93,8 +93,9 @@ fn tag_params(params: &[(String, String)]) -> Result<Vec<(String, String)>, ApiE
 /// `GET /api/traces`: search, or fetch the traces named by `traceID` parameters.
 pub async fn search(
     State(state): State<AppState>,
-    Query(params): Query<Vec<(String, String)>>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<TraceView>>>, ApiError> {
+    let Query(params) = params?;
     let requested_ids = params
         .iter()
         .filter(|(key, _)| key == "traceID")

@@ -14,10 +14,16 @@ async fn migrations_are_idempotent_and_recorded() {
     let store = test_store("store_migrations").await;
     let latest = caracal_store::migrate::latest_version();
     assert_eq!(store.schema_version().await.unwrap(), Some(latest));
-    assert!(store.migrate().await.unwrap().is_empty(), "second run applies nothing");
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "second run applies nothing"
+    );
     store.check_schema().await.unwrap();
     store.drop_database().await.unwrap();
-    assert!(store.check_schema().await.is_err(), "a missing schema is reported");
+    assert!(
+        store.check_schema().await.is_err(),
+        "a missing schema is reported"
+    );
 }
 
 fn sample_row<'a>(
@@ -80,25 +86,48 @@ async fn span_rows_round_trip_and_are_found() {
     let keys = ["a", "n"];
     let values = [Cow::Borrowed("x'\"\\y"), Cow::Owned("42".to_owned())];
     let start_seconds = 1_700_000_000;
-    let mut insert = store.client().insert::<SpanRow<'static>>("spans").await.unwrap();
-    insert.write(&sample_row(&values, &keys, [1; 16], start_seconds)).await.unwrap();
-    insert.write(&sample_row(&values, &keys, [7; 16], start_seconds + 5)).await.unwrap();
+    let mut insert = store
+        .client()
+        .insert::<SpanRow<'static>>("spans")
+        .await
+        .unwrap();
+    insert
+        .write(&sample_row(&values, &keys, [1; 16], start_seconds))
+        .await
+        .unwrap();
+    insert
+        .write(&sample_row(&values, &keys, [7; 16], start_seconds + 5))
+        .await
+        .unwrap();
     insert.end().await.unwrap();
 
     let spans = store.get_traces("default", &[[1; 16]]).await.unwrap();
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     assert_eq!(span.name, "GET /ünïcode");
-    assert_eq!(span.attr_values, vec!["x'\"\\y".to_owned(), "42".to_owned()]);
+    assert_eq!(
+        span.attr_values,
+        vec!["x'\"\\y".to_owned(), "42".to_owned()]
+    );
     assert_eq!(span.event_attr_index, vec![1, 1]);
     assert_eq!(span.links_trace_id, vec![[9; 16]]);
-    assert_eq!((span.start_ns, span.duration_ns), (1_700_000_000_000_000_123, 4_500));
-    assert!(store.get_traces("other-tenant", &[[1; 16]]).await.unwrap().is_empty());
+    assert_eq!(
+        (span.start_ns, span.duration_ns),
+        (1_700_000_000_000_000_123, 4_500)
+    );
+    assert!(store
+        .get_traces("other-tenant", &[[1; 16]])
+        .await
+        .unwrap()
+        .is_empty());
 
     let query = TraceQuery {
         tenant: "default".into(),
         service: Some("svc".into()),
-        tags: vec![("a".into(), "x'\"\\y".into()), ("error".into(), "true".into())],
+        tags: vec![
+            ("a".into(), "x'\"\\y".into()),
+            ("error".into(), "true".into()),
+        ],
         start_ns: 1_699_999_000_000_000_000,
         end_ns: 1_700_001_000_000_000_000,
         min_duration_ns: Some(4_500),
@@ -106,10 +135,23 @@ async fn span_rows_round_trip_and_are_found() {
         ..Default::default()
     };
     // Newest first.
-    assert_eq!(store.find_trace_ids(&query).await.unwrap(), vec![[7; 16], [1; 16]]);
-    let other_tenant = TraceQuery { tenant: "other".into(), ..query.clone() };
-    assert!(store.find_trace_ids(&other_tenant).await.unwrap().is_empty());
-    let too_slow = TraceQuery { min_duration_ns: Some(4_501), ..query };
+    assert_eq!(
+        store.find_trace_ids(&query).await.unwrap(),
+        vec![[7; 16], [1; 16]]
+    );
+    let other_tenant = TraceQuery {
+        tenant: "other".into(),
+        ..query.clone()
+    };
+    assert!(store
+        .find_trace_ids(&other_tenant)
+        .await
+        .unwrap()
+        .is_empty());
+    let too_slow = TraceQuery {
+        min_duration_ns: Some(4_501),
+        ..query
+    };
     assert!(store.find_trace_ids(&too_slow).await.unwrap().is_empty());
 }
 
@@ -135,12 +177,29 @@ fn metrics_row(bucket: u32, count: u64, keys: Vec<u64>, counts: Vec<u64>) -> Spa
 async fn aggregates_merge_across_rows_and_rollups() {
     let store = test_store("store_aggregates").await;
     let hour = 1_700_002_800; // a whole hour
-    let mut insert = store.client().insert::<SpanMetricsRow>("span_metrics_input").await.unwrap();
-    insert.write(&metrics_row(hour, 2, vec![10, 20], vec![1, 1])).await.unwrap();
-    insert.write(&metrics_row(hour + 10, 3, vec![20, 30], vec![2, 1])).await.unwrap();
-    insert.write(&metrics_row(hour + 70, 1, vec![5], vec![1])).await.unwrap();
+    let mut insert = store
+        .client()
+        .insert::<SpanMetricsRow>("span_metrics_input")
+        .await
+        .unwrap();
+    insert
+        .write(&metrics_row(hour, 2, vec![10, 20], vec![1, 1]))
+        .await
+        .unwrap();
+    insert
+        .write(&metrics_row(hour + 10, 3, vec![20, 30], vec![2, 1]))
+        .await
+        .unwrap();
+    insert
+        .write(&metrics_row(hour + 70, 1, vec![5], vec![1]))
+        .await
+        .unwrap();
     insert.end().await.unwrap();
-    let mut insert = store.client().insert::<DependencyRow>("dependency_input").await.unwrap();
+    let mut insert = store
+        .client()
+        .insert::<DependencyRow>("dependency_input")
+        .await
+        .unwrap();
     insert
         .write(&DependencyRow {
             tenant: "default".into(),
@@ -160,20 +219,51 @@ async fn aggregates_merge_across_rows_and_rollups() {
 
     // Every resolution gives the same totals; the hour table is read for whole hours.
     for step in [10, 60, 3_600] {
-        let points = store.span_metrics("default", "svc", None, hour, hour + 3_600, step).await.unwrap();
+        let points = store
+            .span_metrics("default", "svc", None, None, (hour, hour + 3_600, step))
+            .await
+            .unwrap();
         let count: u64 = points.iter().map(|point| point.count).sum();
         assert_eq!(count, 6, "step {step}");
     }
-    let minute = store.span_metrics("default", "svc", Some("op"), hour, hour + 120, 60).await.unwrap();
+    let minute = store
+        .span_metrics(
+            "default",
+            "svc",
+            Some("op"),
+            Some(2),
+            (hour, hour + 120, 60),
+        )
+        .await
+        .unwrap();
     assert_eq!(minute.len(), 2);
-    assert_eq!((minute[0].count, minute[0].min_ns, minute[0].max_ns), (5, 10, 30));
-    assert_eq!((minute[0].hist_keys.clone(), minute[0].hist_counts.clone()), (vec![10, 20, 30], vec![1, 3, 1]));
+    assert_eq!(
+        (minute[0].count, minute[0].min_ns, minute[0].max_ns),
+        (5, 10, 30)
+    );
+    assert_eq!(
+        (minute[0].hist_keys.clone(), minute[0].hist_counts.clone()),
+        (vec![10, 20, 30], vec![1, 3, 1])
+    );
 
-    let edges = store.dependencies("default", hour, hour + 60).await.unwrap();
+    let edges = store
+        .dependencies("default", hour, hour + 60)
+        .await
+        .unwrap();
     assert_eq!(edges.len(), 1);
     assert_eq!((edges[0].calls, edges[0].errors), (4, 1));
-    assert_eq!(store.services("default").await.unwrap(), vec!["svc".to_owned()]);
-    assert_eq!(store.operations("default", "svc", Some(2)).await.unwrap().len(), 1);
+    assert_eq!(
+        store.services("default").await.unwrap(),
+        vec!["svc".to_owned()]
+    );
+    assert_eq!(
+        store
+            .operations("default", "svc", Some(2))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(store.services("other").await.unwrap().is_empty());
 }
 
@@ -184,15 +274,37 @@ async fn retention_drops_only_expired_partitions() {
     let values = [Cow::Borrowed("x"), Cow::Borrowed("1")];
     let old_day = 1_600_000_000; // 2020-09-13
     let new_day = 1_700_000_000; // 2023-11-14
-    let mut insert = store.client().insert::<SpanRow<'static>>("spans").await.unwrap();
-    insert.write(&sample_row(&values, &keys, [1; 16], old_day)).await.unwrap();
-    insert.write(&sample_row(&values, &keys, [2; 16], new_day)).await.unwrap();
+    let mut insert = store
+        .client()
+        .insert::<SpanRow<'static>>("spans")
+        .await
+        .unwrap();
+    insert
+        .write(&sample_row(&values, &keys, [1; 16], old_day))
+        .await
+        .unwrap();
+    insert
+        .write(&sample_row(&values, &keys, [2; 16], new_day))
+        .await
+        .unwrap();
     insert.end().await.unwrap();
     let today = days_from_civil(2023, 11, 20);
-    let dropped = store.drop_expired_partitions("spans", 7, today).await.unwrap();
+    let dropped = store
+        .drop_expired_partitions("spans", 7, today)
+        .await
+        .unwrap();
     assert_eq!(dropped, vec!["20200913".to_owned()]);
-    let dropped_total = store.apply_retention(&RetentionConfig::default(), today).await;
+    let dropped_total = store
+        .apply_retention(&RetentionConfig::default(), today)
+        .await;
     assert_eq!(dropped_total, 1, "the copy ordered by trace id expires too");
-    assert!(store.get_traces("default", &[[1; 16]]).await.unwrap().is_empty());
-    assert_eq!(store.get_traces("default", &[[2; 16]]).await.unwrap().len(), 1);
+    assert!(store
+        .get_traces("default", &[[1; 16]])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.get_traces("default", &[[2; 16]]).await.unwrap().len(),
+        1
+    );
 }

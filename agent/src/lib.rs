@@ -1,0 +1,1 @@
+//! Caracal agent: the instrumentation SDK (in progress).
