@@ -1,9 +1,12 @@
 //! The batch writer task.
 //!
-//! It owns the `spans` inserter (bounded by rows, bytes and time), flattens each request
-//! into rows, and acknowledges the requests of an insert once ClickHouse has accepted it.
-//! Aggregates of a batch are applied only after its insert succeeded, then written to
-//! the aggregate input tables on their own period.
+//! It owns the current `spans` inserter and flattens each request into it. When the
+//! batch is full (rows, bytes) or old enough (period), the inserter is handed to a
+//! background task that ends the insert, and a fresh one takes new requests, so
+//! serializing the next batch overlaps with ClickHouse storing the previous one (at most
+//! [`MAX_INSERTS_IN_FLIGHT`]). The requests of a batch are acknowledged once ClickHouse
+//! has accepted it; its aggregates are applied only then, and written to the aggregate
+//! input tables on their own period.
 
 use std::time::Duration;
 
@@ -13,7 +16,10 @@ use caracal_store::{
     rows::{DependencyRow, SpanMetricsRow, SpanRow},
     Store,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
 
 use super::flatten::{remote_target, Flattener};
 use crate::{
@@ -25,6 +31,18 @@ use crate::{
 /// Aggregate rows kept for retry when ClickHouse is down; beyond this the oldest go.
 const MAX_RETAINED_AGGREGATE_ROWS: usize = 1_000_000;
 
+/// Inserts being finished in the background while the next batch fills.
+pub const MAX_INSERTS_IN_FLIGHT: usize = 2;
+
+type Ack = oneshot::Sender<Result<(), IngestError>>;
+
+/// A finished insert and the requests riding on it.
+struct InsertOutcome {
+    result: Result<(), caracal_store::clickhouse::error::Error>,
+    acks: Vec<Ack>,
+    samples: Vec<SpanSample>,
+}
+
 /// The writer task's state.
 pub struct Writer {
     store: Store,
@@ -34,7 +52,9 @@ pub struct Writer {
     period: Duration,
     aggregate_period: Duration,
     /// Requests whose rows are in the current insert.
-    pending_acks: Vec<oneshot::Sender<Result<(), IngestError>>>,
+    pending_acks: Vec<Ack>,
+    /// Inserts being ended in the background.
+    in_flight: JoinSet<InsertOutcome>,
     /// Samples of the current insert, applied on success.
     pending_samples: Vec<SpanSample>,
     aggregator: Aggregator,
@@ -72,6 +92,7 @@ impl Writer {
             period,
             aggregate_period: Duration::from_millis(config.aggregate_flush_ms.max(100)),
             pending_acks: Vec::new(),
+            in_flight: JoinSet::new(),
             pending_samples: Vec::new(),
             aggregator: Aggregator::default(),
             unsent_metrics: Vec::new(),
@@ -89,21 +110,85 @@ impl Writer {
             let time_left = self.inserter.time_left().unwrap_or(self.period);
             tokio::select! {
                 biased;
+                Some(finished) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.finish(finished);
+                }
                 message = requests.recv() => match message {
                     Some(request) => {
                         self.write(request).await;
-                        self.commit(false).await;
+                        if self.batch_is_due() {
+                            self.send_batch().await;
+                        }
                     }
                     None => break,
                 },
                 _ = tokio::time::sleep(time_left), if !self.pending_acks.is_empty() => {
-                    self.commit(false).await;
+                    self.send_batch().await;
                 }
                 _ = aggregate_tick.tick() => self.flush_aggregates(false).await,
             }
         }
-        self.commit(true).await;
+        self.send_batch().await;
+        while let Some(finished) = self.in_flight.join_next().await {
+            self.finish(finished);
+        }
         self.flush_aggregates(true).await;
+    }
+
+    fn batch_is_due(&mut self) -> bool {
+        let pending = self.inserter.pending();
+        pending.rows >= self.max_rows
+            || pending.bytes >= self.max_bytes
+            || self.inserter.time_left().is_some_and(|left| left.is_zero())
+    }
+
+    /// Hands the current insert to a background task and starts a new one.
+    async fn send_batch(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        while self.in_flight.len() >= MAX_INSERTS_IN_FLIGHT {
+            match self.in_flight.join_next().await {
+                Some(finished) => self.finish(finished),
+                None => break,
+            }
+        }
+        let fresh = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
+        let inserter = std::mem::replace(&mut self.inserter, fresh);
+        let acks = std::mem::take(&mut self.pending_acks);
+        let samples = std::mem::replace(&mut self.pending_samples, Vec::with_capacity(1024));
+        self.in_flight.spawn(async move {
+            let result = inserter.end().await.map(|_quantities| ());
+            InsertOutcome {
+                result,
+                acks,
+                samples,
+            }
+        });
+    }
+
+    /// Acknowledges the requests of a finished insert and counts its spans.
+    fn finish(&mut self, finished: Result<InsertOutcome, tokio::task::JoinError>) {
+        let Ok(outcome) = finished else {
+            tracing::error!("insert task failed");
+            return;
+        };
+        match outcome.result {
+            Ok(()) => {
+                for sample in &outcome.samples {
+                    self.aggregator.apply(sample);
+                }
+                for ack in outcome.acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot insert spans into clickhouse");
+                for ack in outcome.acks {
+                    let _ = ack.send(Err(IngestError::StorageUnavailable));
+                }
+            }
+        }
     }
 
     async fn write(&mut self, request: WriteRequest) {
@@ -156,33 +241,6 @@ impl Writer {
         if let Err(error) = result {
             tracing::warn!(%error, "cannot write spans to clickhouse");
             self.fail_pending();
-        }
-    }
-
-    /// Sends the insert if a limit is reached (or `force`), then acknowledges.
-    async fn commit(&mut self, force: bool) {
-        if self.pending_acks.is_empty() {
-            return;
-        }
-        let result = if force {
-            self.inserter.force_commit().await
-        } else {
-            self.inserter.commit().await
-        };
-        match result {
-            Ok(quantities) if quantities.rows > 0 || force => {
-                for sample in self.pending_samples.drain(..) {
-                    self.aggregator.apply(&sample);
-                }
-                for ack in self.pending_acks.drain(..) {
-                    let _ = ack.send(Ok(()));
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "cannot insert spans into clickhouse");
-                self.fail_pending();
-            }
         }
     }
 
