@@ -1,7 +1,8 @@
 //! `caracal bench`: measured figures for docs/benchmarks.md, on this machine.
 //!
 //! `caracal bench ingest` generates a realistic span mix (20 services, 200 operations,
-//! 1-6 attributes per span, random 16-byte trace ids, 10-span traces), then in one run:
+//! 2-6 attributes per span, random 16-byte trace ids, 10-span traces, started in the
+//! last five minutes), then in one run:
 //! 1. inserts the rows straight into ClickHouse with the clickhouse crate's inserter
 //!    (the baseline: no protocol, no decoding, no validation);
 //! 2. sends the same spans as OTLP/HTTP protobuf to an in-process collector, timing until
@@ -166,7 +167,7 @@ pub struct IngestBenchOptions {
     #[arg(long, default_value_t = 1_000_000)]
     spans: u64,
     /// Concurrent OTLP/HTTP clients (each waits for its export to be stored, as SDKs do).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Searches and trace fetches timed per query kind.
     #[arg(long, default_value_t = 200)]
@@ -200,7 +201,9 @@ async fn bench_store(base: &ClickHouseConfig, name: &str) -> anyhow::Result<Stor
 pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> anyhow::Result<()> {
     let num_requests = options.spans.div_ceil(SPANS_PER_REQUEST);
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
-    let window_ns = 3_600_000_000_000;
+    // Live traffic: spans started in the last five minutes (a backfill spread over hours
+    // would multiply the 10-second aggregate keys far beyond what a live system sees).
+    let window_ns = 300_000_000_000;
     println!(
         "generating {} spans in {num_requests} requests of {SPANS_PER_REQUEST}",
         num_requests * SPANS_PER_REQUEST
@@ -383,7 +386,7 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
         );
     }
     let end_us = now_ns / 1_000;
-    let start_us = end_us - window_ns / 1_000;
+    let start_us = end_us - 3_600_000_000;
     let searches: [(&str, Vec<(&str, String)>); 4] = [
         ("service, last hour", vec![]),
         ("service + operation", vec![("operation", String::new())]),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use caracal_model::{
     bucket::bucket_start,
-    histogram::LatencyHistogram,
+    histogram::SparseHistogram,
     span::{SpanKind, StatusCode},
 };
 use caracal_store::rows::{DependencyRow, SpanMetricsRow};
@@ -136,7 +136,7 @@ struct Totals {
     sum_ns: u64,
     min_ns: u64,
     max_ns: u64,
-    histogram: LatencyHistogram,
+    histogram: SparseHistogram,
 }
 
 impl Totals {

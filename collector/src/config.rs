@@ -50,7 +50,7 @@ impl Default for CollectorConfig {
             batch_max_bytes: 64 * 1024 * 1024,
             batch_period_ms: 300,
             queue_capacity: 1024,
-            aggregate_flush_ms: 2_000,
+            aggregate_flush_ms: 5_000,
             max_future_skew_secs: 86_400,
         }
     }

@@ -60,7 +60,12 @@ pub struct Writer {
     aggregator: Aggregator,
     unsent_metrics: Vec<SpanMetricsRow>,
     unsent_edges: Vec<DependencyRow>,
+    /// The aggregate write in progress; it hands back the rows it could not write.
+    aggregate_flush: Option<tokio::task::JoinHandle<AggregateRows>>,
 }
+
+/// Aggregate rows not yet written.
+type AggregateRows = (Vec<SpanMetricsRow>, Vec<DependencyRow>);
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +102,7 @@ impl Writer {
             aggregator: Aggregator::default(),
             unsent_metrics: Vec::new(),
             unsent_edges: Vec::new(),
+            aggregate_flush: None,
         };
         writer.pending_samples.reserve(1024);
         writer
@@ -253,35 +259,58 @@ impl Writer {
         self.inserter = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
     }
 
+    /// Drains the aggregator and writes its rows in the background, one flush at a
+    /// time; rows that fail are kept (bounded) and retried with the next flush.
     async fn flush_aggregates(&mut self, is_final: bool) {
+        if let Some(flush) = self.aggregate_flush.take() {
+            if !flush.is_finished() && !is_final {
+                self.aggregate_flush = Some(flush);
+                return;
+            }
+            self.finish_aggregate_flush(flush.await);
+        }
         let (metrics, edges) = self.aggregator.drain(is_final);
         self.unsent_metrics.extend(metrics);
         self.unsent_edges.extend(edges);
-        if !self.unsent_metrics.is_empty() {
-            match self
-                .store
-                .insert_rows("span_metrics_input", &self.unsent_metrics)
-                .await
-            {
-                Ok(()) => self.unsent_metrics.clear(),
-                Err(error) => {
-                    tracing::warn!(%error, rows = self.unsent_metrics.len(), "cannot write span metrics, will retry");
-                    trim_oldest(&mut self.unsent_metrics);
-                }
-            }
+        if self.unsent_metrics.is_empty() && self.unsent_edges.is_empty() {
+            return;
         }
-        if !self.unsent_edges.is_empty() {
-            match self
-                .store
-                .insert_rows("dependency_input", &self.unsent_edges)
-                .await
-            {
-                Ok(()) => self.unsent_edges.clear(),
+        let store = self.store.clone();
+        let metrics = std::mem::take(&mut self.unsent_metrics);
+        let edges = std::mem::take(&mut self.unsent_edges);
+        let flush = tokio::spawn(async move {
+            let metrics_result = store.insert_rows("span_metrics_input", &metrics).await;
+            let metrics = match metrics_result {
+                Ok(()) => Vec::new(),
                 Err(error) => {
-                    tracing::warn!(%error, rows = self.unsent_edges.len(), "cannot write dependencies, will retry");
-                    trim_oldest(&mut self.unsent_edges);
+                    tracing::warn!(%error, rows = metrics.len(), "cannot write span metrics, will retry");
+                    metrics
                 }
-            }
+            };
+            let edges = match store.insert_rows("dependency_input", &edges).await {
+                Ok(()) => Vec::new(),
+                Err(error) => {
+                    tracing::warn!(%error, rows = edges.len(), "cannot write dependencies, will retry");
+                    edges
+                }
+            };
+            (metrics, edges)
+        });
+        if is_final {
+            self.finish_aggregate_flush(flush.await);
+        } else {
+            self.aggregate_flush = Some(flush);
+        }
+    }
+
+    fn finish_aggregate_flush(&mut self, finished: Result<AggregateRows, tokio::task::JoinError>) {
+        if let Ok((mut metrics, mut edges)) = finished {
+            metrics.append(&mut self.unsent_metrics);
+            edges.append(&mut self.unsent_edges);
+            trim_oldest(&mut metrics);
+            trim_oldest(&mut edges);
+            self.unsent_metrics = metrics;
+            self.unsent_edges = edges;
         }
     }
 }

@@ -148,3 +148,84 @@ mod tests {
         assert_eq!(LatencyHistogram::new().quantile(0.5), 0);
     }
 }
+
+/// The key of the bucket holding `nanos`: the lowest value that bucket holds, in the
+/// scheme every [`LatencyHistogram`] uses.
+pub fn bucket_key(nanos: u64) -> u64 {
+    static SCHEME: std::sync::OnceLock<Histogram<u8>> = std::sync::OnceLock::new();
+    SCHEME
+        .get_or_init(|| Histogram::new(SIGNIFICANT_DIGITS).expect("2 significant digits are valid"))
+        .lowest_equivalent(nanos)
+}
+
+/// A histogram kept as its sparse `(bucket key, count)` pairs, sorted by key.
+///
+/// Same buckets as [`LatencyHistogram`], but its size follows the number of distinct
+/// buckets seen (a few dozen for a typical operation) instead of the value range (tens of
+/// kilobytes for a dense HdrHistogram reaching seconds), so aggregating many keys stays
+/// small. Read quantiles by converting with [`LatencyHistogram::from_sparse`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SparseHistogram {
+    buckets: Vec<(u64, u64)>,
+}
+
+impl SparseHistogram {
+    /// Records one duration.
+    pub fn record(&mut self, nanos: u64) {
+        self.record_bucket(bucket_key(nanos), 1);
+    }
+
+    /// Adds `count` to the bucket starting at `key`.
+    pub fn record_bucket(&mut self, key: u64, count: u64) {
+        match self.buckets.binary_search_by_key(&key, |(bucket, _)| *bucket) {
+            Ok(index) => self.buckets[index].1 += count,
+            Err(index) => self.buckets.insert(index, (key, count)),
+        }
+    }
+
+    /// Number of recorded values.
+    pub fn len(&self) -> u64 {
+        self.buckets.iter().map(|(_, count)| count).sum()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Forgets every value, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+    }
+
+    /// Appends the sparse form, keys ascending.
+    pub fn write_sparse(&self, keys: &mut Vec<u64>, counts: &mut Vec<u64>) {
+        for (key, count) in &self.buckets {
+            keys.push(*key);
+            counts.push(*count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod sparse_tests {
+    use super::*;
+
+    #[test]
+    fn sparse_matches_dense() {
+        let mut sparse = SparseHistogram::default();
+        let mut dense = LatencyHistogram::new();
+        for value in [1, 7, 255, 256, 1_000, 1_003, 5_000_000, 5_010_000, 3_600_000_000_000] {
+            sparse.record(value);
+            dense.record(value);
+        }
+        let (mut sparse_keys, mut sparse_counts) = (Vec::new(), Vec::new());
+        sparse.write_sparse(&mut sparse_keys, &mut sparse_counts);
+        let (mut dense_keys, mut dense_counts) = (Vec::new(), Vec::new());
+        dense.write_sparse(&mut dense_keys, &mut dense_counts);
+        assert_eq!((sparse_keys, sparse_counts), (dense_keys, dense_counts));
+        assert_eq!(sparse.len(), 9);
+        sparse.clear();
+        assert!(sparse.is_empty());
+    }
+}
