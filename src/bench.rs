@@ -3,8 +3,9 @@
 //! `caracal bench ingest` generates a realistic span mix (20 services, 200 operations,
 //! 2-6 attributes per span, random 16-byte trace ids, 10-span traces, started in the
 //! last five minutes), then in one run:
-//! 1. inserts the rows straight into ClickHouse with the clickhouse crate's inserter
-//!    (the baseline: no protocol, no decoding, no validation);
+//! 1. inserts the same rows (`spans` and `spans_by_trace`) straight into ClickHouse with
+//!    the clickhouse crate's inserter (the baseline: no protocol, no decoding, no
+//!    validation, no aggregates);
 //! 2. sends the same spans as OTLP/HTTP protobuf to an in-process collector, timing until
 //!    every request is acknowledged (acknowledged = stored);
 //! 3. reports spans/s of both and their ratio, bytes per span on disk per table after
@@ -17,7 +18,11 @@ use std::{
 
 use anyhow::Context as _;
 use caracal_collector::sink::flatten::Flattener;
-use caracal_store::{rows::SpanRow, ClickHouseConfig, Store};
+use caracal_model::blob::SpanBlobEncoder;
+use caracal_store::{
+    rows::{SpanRow, TraceSpanRow},
+    ClickHouseConfig, Store,
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{any_value::Value, AnyValue, InstrumentationScope, KeyValue},
@@ -234,20 +239,39 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
         .inserter::<SpanRow<'static>>("spans")
         .with_max_rows(100_000)
         .with_period(Some(Duration::from_secs(1)));
+    let mut trace_inserter = raw
+        .client()
+        .inserter::<TraceSpanRow<'static>>("spans_by_trace")
+        .with_max_rows(100_000)
+        .with_period(Some(Duration::from_secs(1)));
+    let mut blobs = SpanBlobEncoder::default();
     for request in &requests {
         let mut flattener = Flattener::default();
         for resource_spans in &request.resource_spans {
             flattener.set_resource(resource_spans);
+            blobs.set_resource(resource_spans);
             for scope_spans in &resource_spans.scope_spans {
                 flattener.set_scope(scope_spans.scope.as_ref());
+                blobs.set_scope(scope_spans);
                 for span in &scope_spans.spans {
-                    inserter.write(&flattener.row("default", span)).await?;
+                    let row = flattener.row("default", span);
+                    inserter.write(&row).await?;
+                    let trace_row = TraceSpanRow {
+                        tenant: "default",
+                        trace_id: row.trace_id,
+                        start: row.start,
+                        start_ns: row.start_ns,
+                        span: blobs.encode(span),
+                    };
+                    trace_inserter.write(&trace_row).await?;
                 }
             }
         }
         inserter.commit().await?;
+        trace_inserter.commit().await?;
     }
     inserter.end().await?;
+    trace_inserter.end().await?;
     let raw_elapsed = started.elapsed();
     let num_spans = (num_requests * SPANS_PER_REQUEST) as f64;
     let raw_rate = num_spans / raw_elapsed.as_secs_f64();

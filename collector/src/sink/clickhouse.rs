@@ -1,6 +1,7 @@
 //! The batch writer task.
 //!
-//! It owns the current `spans` inserter and flattens each request into it. When the
+//! It owns the current `spans` and `spans_by_trace` inserters and writes each request's
+//! spans into both (flattened rows for search, span blobs for trace by id). When the
 //! batch is full (rows, bytes) or old enough (period), the inserter is handed to a
 //! background task that ends the insert, and a fresh one takes new requests, so
 //! serializing the next batch overlaps with ClickHouse storing the previous one (at most
@@ -10,10 +11,14 @@
 
 use std::time::Duration;
 
-use caracal_model::span::{SpanKind, StatusCode};
+use caracal_model::{
+    blob::SpanBlobEncoder,
+    bucket::unix_seconds,
+    span::{SpanKind, StatusCode},
+};
 use caracal_store::{
     clickhouse::inserter::Inserter,
-    rows::{DependencyRow, SpanMetricsRow, SpanRow},
+    rows::{DependencyRow, SpanMetricsRow, SpanRow, TraceSpanRow},
     Store,
 };
 use tokio::{
@@ -47,6 +52,9 @@ struct InsertOutcome {
 pub struct Writer {
     store: Store,
     inserter: Inserter<SpanRow<'static>>,
+    /// The same batch as span blobs for `spans_by_trace`.
+    trace_inserter: Inserter<TraceSpanRow<'static>>,
+    blobs: SpanBlobEncoder,
     max_rows: u64,
     max_bytes: u64,
     period: Duration,
@@ -91,6 +99,8 @@ impl Writer {
                 config.batch_max_bytes,
                 period,
             ),
+            trace_inserter: new_trace_inserter(&store),
+            blobs: SpanBlobEncoder::default(),
             store,
             max_rows: config.batch_max_rows,
             max_bytes: config.batch_max_bytes,
@@ -161,10 +171,13 @@ impl Writer {
         }
         let fresh = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
         let inserter = std::mem::replace(&mut self.inserter, fresh);
+        let trace_inserter =
+            std::mem::replace(&mut self.trace_inserter, new_trace_inserter(&self.store));
         let acks = std::mem::take(&mut self.pending_acks);
         let samples = std::mem::replace(&mut self.pending_samples, Vec::with_capacity(1024));
         self.in_flight.spawn(async move {
-            let result = inserter.end().await.map(|_quantities| ());
+            let (spans, traces) = tokio::join!(inserter.end(), trace_inserter.end());
+            let result = spans.and(traces).map(|_quantities| ());
             InsertOutcome {
                 result,
                 acks,
@@ -210,12 +223,25 @@ impl Writer {
         let mut result = Ok(());
         'outer: for resource_spans in &request.resource_spans {
             flattener.set_resource(resource_spans);
+            self.blobs.set_resource(resource_spans);
             let service = self.aggregator.interner.intern(flattener.service_name());
             for scope_spans in &resource_spans.scope_spans {
                 flattener.set_scope(scope_spans.scope.as_ref());
+                self.blobs.set_scope(scope_spans);
                 for span in &scope_spans.spans {
                     let row = flattener.row(&tenant, span);
-                    if let Err(error) = self.inserter.write(&row).await {
+                    let trace_row = TraceSpanRow {
+                        tenant: &tenant,
+                        trace_id: row.trace_id,
+                        start: unix_seconds(span.start_time_unix_nano),
+                        start_ns: span.start_time_unix_nano,
+                        span: self.blobs.encode(span),
+                    };
+                    let written = match self.inserter.write(&row).await {
+                        Ok(()) => self.trace_inserter.write(&trace_row).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = written {
                         result = Err(error);
                         break 'outer;
                     }
@@ -257,6 +283,7 @@ impl Writer {
         }
         self.pending_samples.clear();
         self.inserter = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
+        self.trace_inserter = new_trace_inserter(&self.store);
     }
 
     /// Drains the aggregator and writes its rows in the background, one flush at a
@@ -338,4 +365,11 @@ fn new_inserter(
         .with_max_rows(max_rows)
         .with_max_bytes(max_bytes)
         .with_period(Some(period))
+}
+
+/// The `spans_by_trace` inserter; its batches are cut together with the `spans` one.
+fn new_trace_inserter(store: &Store) -> Inserter<TraceSpanRow<'static>> {
+    store
+        .client()
+        .inserter::<TraceSpanRow<'static>>("spans_by_trace")
 }

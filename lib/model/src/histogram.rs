@@ -177,7 +177,10 @@ impl SparseHistogram {
 
     /// Adds `count` to the bucket starting at `key`.
     pub fn record_bucket(&mut self, key: u64, count: u64) {
-        match self.buckets.binary_search_by_key(&key, |(bucket, _)| *bucket) {
+        match self
+            .buckets
+            .binary_search_by_key(&key, |(bucket, _)| *bucket)
+        {
             Ok(index) => self.buckets[index].1 += count,
             Err(index) => self.buckets.insert(index, (key, count)),
         }
@@ -215,7 +218,17 @@ mod sparse_tests {
     fn sparse_matches_dense() {
         let mut sparse = SparseHistogram::default();
         let mut dense = LatencyHistogram::new();
-        for value in [1, 7, 255, 256, 1_000, 1_003, 5_000_000, 5_010_000, 3_600_000_000_000] {
+        for value in [
+            1,
+            7,
+            255,
+            256,
+            1_000,
+            1_003,
+            5_000_000,
+            5_010_000,
+            3_600_000_000_000,
+        ] {
             sparse.record(value);
             dense.record(value);
         }

@@ -7,6 +7,7 @@
 //! - [`span`]: span kinds and status codes with their OTLP numbers and Jaeger names.
 //! - [`histogram`]: the latency histogram scheme shared by agent, collector and query
 //!   (HdrHistogram, 2 significant digits, sparse `bucket -> count` maps that merge exactly).
+//! - [`blob`]: a span with its resource and scope as one OTLP protobuf blob.
 //! - [`bucket`]: the 10-second aggregation buckets.
 //! - [`lenient`]: a protobuf decoder for OTLP trace exports that survives invalid UTF-8.
 //!
@@ -16,6 +17,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod attributes;
+pub mod blob;
 pub mod bucket;
 pub mod histogram;
 pub mod ids;

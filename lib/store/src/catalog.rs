@@ -3,12 +3,12 @@
 
 use clickhouse::Row as _;
 
-use crate::{migrate, reader, retention, rows::StoredSpan};
+use crate::{migrate, reader, retention, rows::StoredTraceSpan};
 
 /// Every statement for `database`, in an order that runs on an empty server: schema
 /// first, then reads and maintenance.
 pub fn sql_catalog(database: &str) -> Vec<String> {
-    let fields = StoredSpan::COLUMN_NAMES.join(", ");
+    let fields = StoredTraceSpan::COLUMN_NAMES.join(", ");
     let mut statements = vec![format!("CREATE DATABASE IF NOT EXISTS {database}")];
     for migration in migrate::MIGRATIONS {
         statements.extend(migrate::statements(migration, database));

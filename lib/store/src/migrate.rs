@@ -167,11 +167,11 @@ mod tests {
 
     #[test]
     fn statements_split_and_fill_database() {
-        let migration = &MIGRATIONS[2];
+        let migration = &MIGRATIONS[3];
         let statements = statements(migration, "db1");
-        assert_eq!(statements.len(), 2);
-        assert!(statements[1]
-            .starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS db1.spans_by_trace_mv"));
+        assert_eq!(statements.len(), 9, "input table, 4 rollups, 4 views");
+        assert!(statements[2]
+            .starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS db1.span_metrics_10s_mv"));
         assert!(statements
             .iter()
             .all(|statement| !statement.contains("${database}")));

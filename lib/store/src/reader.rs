@@ -7,7 +7,7 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-use crate::{rows::StoredSpan, Result, Store};
+use crate::{rows::StoredTraceSpan, Result, Store};
 
 /// A bound value: text or a number.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -367,12 +367,12 @@ impl Store {
         Ok(hits.into_iter().map(|hit| hit.trace_id).collect())
     }
 
-    /// Every span of the given traces, ordered by trace then start.
+    /// Every span of the given traces (as span blobs), ordered by trace then start.
     pub async fn get_traces(
         &self,
         tenant: &str,
         trace_ids: &[[u8; 16]],
-    ) -> Result<Vec<StoredSpan>> {
+    ) -> Result<Vec<StoredTraceSpan>> {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-/// One span as written to `spans` (the view copies it to `spans_by_trace`).
+/// One span as written to `spans`, the table trace search reads.
 #[derive(Debug, Row, Serialize)]
 #[allow(missing_docs)]
 pub struct SpanRow<'a> {
@@ -60,52 +60,27 @@ pub struct SpanRow<'a> {
     pub dropped_links_count: u32,
 }
 
-/// One span as read back (every column but `tenant`).
+/// One span as written to `spans_by_trace`: the span blob of
+/// `caracal_model::blob`, keyed by trace.
+#[derive(Debug, Row, Serialize)]
+#[allow(missing_docs)]
+pub struct TraceSpanRow<'a> {
+    pub tenant: &'a str,
+    pub trace_id: [u8; 16],
+    /// Unix seconds of the start, for partitioning.
+    pub start: u32,
+    pub start_ns: u64,
+    #[serde(with = "serde_bytes")]
+    pub span: &'a [u8],
+}
+
+/// One span read back from `spans_by_trace`.
 #[derive(Debug, Clone, Row, Deserialize, PartialEq)]
 #[allow(missing_docs)]
-pub struct StoredSpan {
+pub struct StoredTraceSpan {
     pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: [u8; 8],
-    pub trace_state: String,
-    pub flags: u32,
-    pub service_name: String,
-    pub name: String,
-    pub kind: u8,
-    pub status_code: u8,
-    pub status_message: String,
-    pub start_ns: u64,
-    pub duration_ns: u64,
-    pub attr_keys: Vec<String>,
-    pub attr_values: Vec<String>,
-    pub attr_types: Vec<u8>,
-    pub dropped_attributes_count: u32,
-    pub resource_keys: Vec<String>,
-    pub resource_values: Vec<String>,
-    pub resource_types: Vec<u8>,
-    pub scope_name: String,
-    pub scope_version: String,
-    pub scope_keys: Vec<String>,
-    pub scope_values: Vec<String>,
-    pub scope_types: Vec<u8>,
-    pub events_time_ns: Vec<u64>,
-    pub events_name: Vec<String>,
-    pub events_dropped_attributes_count: Vec<u32>,
-    pub event_attr_index: Vec<u16>,
-    pub event_attr_keys: Vec<String>,
-    pub event_attr_values: Vec<String>,
-    pub event_attr_types: Vec<u8>,
-    pub dropped_events_count: u32,
-    pub links_trace_id: Vec<[u8; 16]>,
-    pub links_span_id: Vec<[u8; 8]>,
-    pub links_trace_state: Vec<String>,
-    pub links_flags: Vec<u32>,
-    pub links_dropped_attributes_count: Vec<u32>,
-    pub link_attr_index: Vec<u16>,
-    pub link_attr_keys: Vec<String>,
-    pub link_attr_values: Vec<String>,
-    pub link_attr_types: Vec<u8>,
-    pub dropped_links_count: u32,
+    #[serde(with = "serde_bytes")]
+    pub span: Vec<u8>,
 }
 
 /// One aggregate row for `span_metrics_input` (folded into every resolution by views).

@@ -8,11 +8,21 @@ use axum::{
     Json,
 };
 use caracal_model::{
-    attributes::{typed_json, ValueType},
-    ids::{SpanId, TraceId},
+    attributes::{typed_json, value_text, ValueType},
+    blob::decode_span_blob,
+    ids::{parent_span_id, TraceId},
+    otlp::{
+        common::v1::{any_value::Value as OtlpValue, InstrumentationScope, KeyValue},
+        resource::v1::Resource,
+        trace::v1::{ResourceSpans, Span},
+    },
     span::{SpanKind, StatusCode},
 };
-use caracal_store::{reader::TraceQuery, rows::StoredSpan};
+use caracal_store::{reader::TraceQuery, rows::StoredTraceSpan};
+use prost::Message as _;
+
+/// Service name of a resource without one, as the OpenTelemetry SDKs name it.
+const UNKNOWN_SERVICE: &str = "unknown_service";
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -187,10 +197,13 @@ pub async fn get_trace(
 }
 
 /// Groups spans by trace, keeping the order of `trace_ids`.
-pub fn assemble_traces(trace_ids: &[[u8; 16]], spans: Vec<StoredSpan>) -> Vec<TraceView> {
-    let mut by_trace: HashMap<[u8; 16], Vec<StoredSpan>> = HashMap::new();
-    for span in spans {
-        by_trace.entry(span.trace_id).or_default().push(span);
+pub fn assemble_traces(trace_ids: &[[u8; 16]], spans: Vec<StoredTraceSpan>) -> Vec<TraceView> {
+    let mut by_trace: HashMap<[u8; 16], Vec<ResourceSpans>> = HashMap::new();
+    for stored in spans {
+        match decode_span_blob(&stored.span) {
+            Ok(blob) => by_trace.entry(stored.trace_id).or_default().push(blob),
+            Err(error) => tracing::warn!(%error, "undecodable span blob skipped"),
+        }
     }
     trace_ids
         .iter()
@@ -206,48 +219,73 @@ fn tag(key: &str, value_type: ValueType, text: &str) -> Value {
     json!({"key": key, "type": value_type.jaeger_name(), "value": typed_json(value_type, text)})
 }
 
-fn tags_of(keys: &[String], values: &[String], types: &[u8]) -> Vec<Value> {
-    keys.iter()
-        .zip(values)
-        .zip(types)
-        .map(|((key, text), value_type)| tag(key, ValueType::from_u8(*value_type), text))
-        .collect()
+fn attribute_tag(attribute: &KeyValue) -> Value {
+    let (value_type, text) = value_text(attribute.value.as_ref());
+    tag(&attribute.key, value_type, &text)
 }
 
-fn trace_view(trace_id: [u8; 16], spans: Vec<StoredSpan>) -> TraceView {
+fn service_name(resource: Option<&Resource>) -> &str {
+    resource
+        .and_then(|resource| {
+            resource
+                .attributes
+                .iter()
+                .find(|attribute| attribute.key == "service.name")
+        })
+        .and_then(|attribute| {
+            match attribute
+                .value
+                .as_ref()
+                .and_then(|value| value.value.as_ref())
+            {
+                Some(OtlpValue::StringValue(name)) => Some(name.as_str()),
+                _ => None,
+            }
+        })
+        .unwrap_or(UNKNOWN_SERVICE)
+}
+
+fn trace_view(trace_id: [u8; 16], blobs: Vec<ResourceSpans>) -> TraceView {
     let trace_hex = TraceId(trace_id).to_hex();
     let mut processes = serde_json::Map::new();
-    let mut process_ids: HashMap<(String, Vec<String>, Vec<String>), String> = HashMap::new();
-    let mut views = Vec::with_capacity(spans.len());
-    for span in &spans {
-        let process_key = (
-            span.service_name.clone(),
-            span.resource_keys.clone(),
-            span.resource_values.clone(),
-        );
+    let mut process_ids: HashMap<Vec<u8>, String> = HashMap::new();
+    let mut views = Vec::with_capacity(blobs.len());
+    for blob in &blobs {
+        let resource = blob.resource.as_ref();
+        // Spans of one process share their resource, byte for byte.
+        let process_key = resource
+            .map(|resource| resource.encode_to_vec())
+            .unwrap_or_default();
         let next_id = format!("p{}", process_ids.len() + 1);
         let process_id = process_ids
             .entry(process_key)
             .or_insert_with(|| {
-                let process_tags: Vec<Value> = span
-                    .resource_keys
+                let process_tags: Vec<Value> = resource
+                    .map(|resource| resource.attributes.as_slice())
+                    .unwrap_or_default()
                     .iter()
-                    .zip(&span.resource_values)
-                    .zip(&span.resource_types)
-                    .filter(|((key, _), _)| key.as_str() != "service.name")
-                    .map(|((key, text), value_type)| {
-                        tag(key, ValueType::from_u8(*value_type), text)
-                    })
+                    .filter(|attribute| attribute.key != "service.name")
+                    .map(attribute_tag)
                     .collect();
                 processes.insert(
                     next_id.clone(),
-                    json!({"serviceName": span.service_name, "tags": process_tags}),
+                    json!({"serviceName": service_name(resource), "tags": process_tags}),
                 );
                 next_id
             })
             .clone();
-        views.push(span_view(&trace_hex, span, &process_id));
+        for scope_spans in &blob.scope_spans {
+            for span in &scope_spans.spans {
+                views.push(span_view(
+                    &trace_hex,
+                    scope_spans.scope.as_ref(),
+                    span,
+                    &process_id,
+                ));
+            }
+        }
     }
+    views.sort_by_key(|view| view["startTime"].as_u64().unwrap_or(0));
     TraceView {
         trace_id: trace_hex,
         spans: views,
@@ -256,109 +294,86 @@ fn trace_view(trace_id: [u8; 16], spans: Vec<StoredSpan>) -> TraceView {
     }
 }
 
-fn span_view(trace_hex: &str, span: &StoredSpan, process_id: &str) -> Value {
+fn span_view(
+    trace_hex: &str,
+    scope: Option<&InstrumentationScope>,
+    span: &Span,
+    process_id: &str,
+) -> Value {
     let mut references = Vec::new();
-    if span.parent_span_id != [0; 8] {
-        references.push(json!({
-            "refType": "CHILD_OF",
-            "traceID": trace_hex,
-            "spanID": SpanId(span.parent_span_id).to_hex(),
-        }));
+    if let Ok(Some(parent)) = parent_span_id(&span.parent_span_id) {
+        references
+            .push(json!({"refType": "CHILD_OF", "traceID": trace_hex, "spanID": parent.to_hex()}));
     }
-    for (index, (link_trace, link_span)) in span
-        .links_trace_id
-        .iter()
-        .zip(&span.links_span_id)
-        .enumerate()
-    {
-        let is_child_of = span
-            .link_attr_index
-            .iter()
-            .zip(&span.link_attr_keys)
-            .zip(&span.link_attr_values)
-            .any(|((attr_index, key), value)| {
-                usize::from(*attr_index) == index
-                    && key == "opentracing.ref_type"
-                    && value == "child_of"
-            });
+    for link in &span.links {
+        let is_child_of = link.attributes.iter().any(|attribute| {
+            attribute.key == "opentracing.ref_type"
+                && matches!(attribute.value.as_ref().and_then(|value| value.value.as_ref()),
+                    Some(OtlpValue::StringValue(kind)) if kind == "child_of")
+        });
         references.push(json!({
             "refType": if is_child_of { "CHILD_OF" } else { "FOLLOWS_FROM" },
-            "traceID": TraceId(*link_trace).to_hex(),
-            "spanID": SpanId(*link_span).to_hex(),
+            "traceID": const_hex::encode(&link.trace_id),
+            "spanID": const_hex::encode(&link.span_id),
         }));
     }
 
-    let mut tags = tags_of(&span.attr_keys, &span.attr_values, &span.attr_types);
-    let kind = SpanKind::from_otlp(i32::from(span.kind));
+    let mut tags: Vec<Value> = span.attributes.iter().map(attribute_tag).collect();
+    let kind = SpanKind::from_otlp(span.kind);
     if kind != SpanKind::Unspecified {
         tags.push(tag("span.kind", ValueType::String, kind.jaeger_name()));
     }
-    let status = StatusCode::from_otlp(i32::from(span.status_code));
-    if let Some(name) = status.otel_name() {
+    let status = span.status.as_ref();
+    let code = StatusCode::from_otlp(status.map_or(0, |status| status.code));
+    if let Some(name) = code.otel_name() {
         tags.push(tag("otel.status_code", ValueType::String, name));
     }
-    if status == StatusCode::Error {
+    if code == StatusCode::Error {
         tags.push(tag("error", ValueType::Bool, "true"));
     }
-    if !span.status_message.is_empty() {
-        tags.push(tag(
-            "otel.status_description",
-            ValueType::String,
-            &span.status_message,
-        ));
+    if let Some(message) = status
+        .map(|status| status.message.as_str())
+        .filter(|message| !message.is_empty())
+    {
+        tags.push(tag("otel.status_description", ValueType::String, message));
     }
-    if !span.scope_name.is_empty() {
-        tags.push(tag("otel.scope.name", ValueType::String, &span.scope_name));
+    if let Some(scope) = scope {
+        if !scope.name.is_empty() {
+            tags.push(tag("otel.scope.name", ValueType::String, &scope.name));
+        }
+        if !scope.version.is_empty() {
+            tags.push(tag("otel.scope.version", ValueType::String, &scope.version));
+        }
+        tags.extend(scope.attributes.iter().map(attribute_tag));
     }
-    if !span.scope_version.is_empty() {
-        tags.push(tag(
-            "otel.scope.version",
-            ValueType::String,
-            &span.scope_version,
-        ));
-    }
-    tags.extend(tags_of(
-        &span.scope_keys,
-        &span.scope_values,
-        &span.scope_types,
-    ));
     if !span.trace_state.is_empty() {
         tags.push(tag("w3c.tracestate", ValueType::String, &span.trace_state));
     }
 
     let logs: Vec<Value> = span
-        .events_time_ns
+        .events
         .iter()
-        .zip(&span.events_name)
-        .enumerate()
-        .map(|(index, (time_ns, name))| {
-            let mut fields = Vec::new();
-            if !name.is_empty() {
-                fields.push(tag("event", ValueType::String, name));
+        .map(|event| {
+            let mut fields = Vec::with_capacity(event.attributes.len() + 1);
+            if !event.name.is_empty() {
+                fields.push(tag("event", ValueType::String, &event.name));
             }
-            for (((attr_index, key), text), value_type) in span
-                .event_attr_index
-                .iter()
-                .zip(&span.event_attr_keys)
-                .zip(&span.event_attr_values)
-                .zip(&span.event_attr_types)
-            {
-                if usize::from(*attr_index) == index {
-                    fields.push(tag(key, ValueType::from_u8(*value_type), text));
-                }
-            }
-            json!({"timestamp": time_ns / 1_000, "fields": fields})
+            fields.extend(event.attributes.iter().map(attribute_tag));
+            json!({"timestamp": event.time_unix_nano / 1_000, "fields": fields})
         })
         .collect();
 
+    let duration_ns = span
+        .end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano);
     json!({
         "traceID": trace_hex,
-        "spanID": SpanId(span.span_id).to_hex(),
+        "spanID": const_hex::encode(&span.span_id),
         "operationName": span.name,
         "references": references,
         "flags": span.flags,
-        "startTime": span.start_ns / 1_000,
-        "duration": span.duration_ns / 1_000,
+        "startTime": span.start_time_unix_nano / 1_000,
+        "duration": duration_ns / 1_000,
         "tags": tags,
         "logs": logs,
         "processID": process_id,

@@ -5,8 +5,38 @@ use std::borrow::Cow;
 use caracal_store::{
     reader::TraceQuery,
     retention::{days_from_civil, RetentionConfig},
-    rows::{DependencyRow, SpanMetricsRow, SpanRow},
+    rows::{DependencyRow, SpanMetricsRow, SpanRow, TraceSpanRow},
+    Store,
 };
+
+async fn insert_spans(store: &Store, rows: &[SpanRow<'_>]) {
+    let mut insert = store
+        .client()
+        .insert::<SpanRow<'static>>("spans")
+        .await
+        .unwrap();
+    for row in rows {
+        insert.write(row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let mut insert = store
+        .client()
+        .insert::<TraceSpanRow<'static>>("spans_by_trace")
+        .await
+        .unwrap();
+    for row in rows {
+        let blob = format!("blob of {}", row.name);
+        let trace_row = TraceSpanRow {
+            tenant: row.tenant,
+            trace_id: row.trace_id,
+            start: row.start,
+            start_ns: row.start_ns,
+            span: blob.as_bytes(),
+        };
+        insert.write(&trace_row).await.unwrap();
+    }
+    insert.end().await.unwrap();
+}
 use caracal_testkit::test_store;
 
 #[tokio::test]
@@ -86,35 +116,34 @@ async fn span_rows_round_trip_and_are_found() {
     let keys = ["a", "n"];
     let values = [Cow::Borrowed("x'\"\\y"), Cow::Owned("42".to_owned())];
     let start_seconds = 1_700_000_000;
-    let mut insert = store
-        .client()
-        .insert::<SpanRow<'static>>("spans")
-        .await
-        .unwrap();
-    insert
-        .write(&sample_row(&values, &keys, [1; 16], start_seconds))
-        .await
-        .unwrap();
-    insert
-        .write(&sample_row(&values, &keys, [7; 16], start_seconds + 5))
-        .await
-        .unwrap();
-    insert.end().await.unwrap();
+    insert_spans(
+        &store,
+        &[
+            sample_row(&values, &keys, [1; 16], start_seconds),
+            sample_row(&values, &keys, [7; 16], start_seconds + 5),
+        ],
+    )
+    .await;
 
     let spans = store.get_traces("default", &[[1; 16]]).await.unwrap();
     assert_eq!(spans.len(), 1);
-    let span = &spans[0];
-    assert_eq!(span.name, "GET /ünïcode");
-    assert_eq!(
-        span.attr_values,
-        vec!["x'\"\\y".to_owned(), "42".to_owned()]
-    );
-    assert_eq!(span.event_attr_index, vec![1, 1]);
-    assert_eq!(span.links_trace_id, vec![[9; 16]]);
-    assert_eq!(
-        (span.start_ns, span.duration_ns),
-        (1_700_000_000_000_000_123, 4_500)
-    );
+    assert_eq!(spans[0].trace_id, [1; 16]);
+    assert_eq!(spans[0].span, "blob of GET /ünïcode".as_bytes());
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Columns {
+        attr_values: Vec<String>,
+        event_attr_index: Vec<u16>,
+        duration_ns: u64,
+    }
+    let Columns { attr_values, event_attr_index, duration_ns } = store
+        .client()
+        .query("SELECT attr_values, event_attr_index, duration_ns FROM spans WHERE trace_id = unhex(?)")
+        .bind("01010101010101010101010101010101")
+        .fetch_one::<Columns>()
+        .await
+        .unwrap();
+    assert_eq!(attr_values, vec!["x'\"\\y".to_owned(), "42".to_owned()]);
+    assert_eq!((event_attr_index, duration_ns), (vec![1, 1], 4_500));
     assert!(store
         .get_traces("other-tenant", &[[1; 16]])
         .await
@@ -274,20 +303,14 @@ async fn retention_drops_only_expired_partitions() {
     let values = [Cow::Borrowed("x"), Cow::Borrowed("1")];
     let old_day = 1_600_000_000; // 2020-09-13
     let new_day = 1_700_000_000; // 2023-11-14
-    let mut insert = store
-        .client()
-        .insert::<SpanRow<'static>>("spans")
-        .await
-        .unwrap();
-    insert
-        .write(&sample_row(&values, &keys, [1; 16], old_day))
-        .await
-        .unwrap();
-    insert
-        .write(&sample_row(&values, &keys, [2; 16], new_day))
-        .await
-        .unwrap();
-    insert.end().await.unwrap();
+    insert_spans(
+        &store,
+        &[
+            sample_row(&values, &keys, [1; 16], old_day),
+            sample_row(&values, &keys, [2; 16], new_day),
+        ],
+    )
+    .await;
     let today = days_from_civil(2023, 11, 20);
     let dropped = store
         .drop_expired_partitions("spans", 7, today)
