@@ -85,6 +85,10 @@ enum Command {
     Query,
     /// Create the database and apply schema migrations, then exit.
     Migrate,
+    /// Run a small system instrumented with the Caracal agent (gateway, orders, payments,
+    /// inventory; two instances each; a database and a cache; errors and slow calls at
+    /// known rates), sending to the collector at CARACAL_OTLP_GRPC_ADDR until stopped.
+    Demo,
     /// Print every SQL statement Caracal sends, with sample values, as a JSON array
     /// (used to check the SQL on current ClickHouse through chDB).
     #[command(hide = true)]
@@ -160,6 +164,12 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
     match command {
         Command::Bench(BenchCommand::Ingest(options)) => {
             bench::ingest(&config.clickhouse.to_store_config(), options).await
+        }
+        Command::Demo => {
+            let collector = config.collector.otlp_grpc_addr.to_string();
+            tracing::info!(%collector, "demo traffic started");
+            caracal_agent::demo::run(vec![collector], shutdown_signal()).await;
+            Ok(())
         }
         Command::SqlCatalog => {
             let catalog = caracal_store::catalog::sql_catalog(store.database());

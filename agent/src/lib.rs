@@ -1,1 +1,102 @@
-//! Caracal agent: the instrumentation SDK (in progress).
+//! Caracal's instrumentation SDK: CAT-style transactions, events and metrics,
+//! aggregated in the process and reported every 10 seconds to a Caracal collector.
+//!
+//! Like Ctrip's and Dianping's CAT clients, the agent does the counting where the work
+//! happens: every transaction ends up in a per-operation aggregate (count, errors, sum,
+//! min, max and a latency histogram with the same 2-significant-digit scheme the
+//! collector stores, so percentiles stay exact whatever is sampled), and only traces
+//! worth reading are sent whole: those with an error, those slower than their
+//! operation's threshold, and a small share of the rest.
+//!
+//! Layout:
+//! - [`agent`]: the [`Agent`] facade the application calls.
+//! - [`config`]: [`AgentBuilder`] and [`AgentConfig`]: defaults, then `CARACAL_*`
+//!   environment variables, then code.
+//! - [`mapping`]: how CAT types map to span kinds and dependency peers.
+//! - [`context`]: W3C `traceparent` propagation ([`TraceContext`]).
+//! - `trace`: [`Transaction`] guards, the per-thread span buffers and the keep decision.
+//! - `registry`: the double-buffered aggregation tables (interned keys, cardinality cap).
+//! - `reporter`: the background thread that swaps buffers, builds reports and delivers
+//!   them with retries, failover and a memory bound.
+//! - [`exporter`]: [`ReportExporter`](exporter::ReportExporter), the gRPC exporter and
+//!   an in-memory one for tests.
+//! - `otel` (feature `opentelemetry`, default): a span processor and sampler that plug
+//!   the agent into the OpenTelemetry SDK.
+//! - [`demo`]: a simulated multi-service system for `caracal demo`.
+//! - [`error`]: the one error type, returned only by shutdown and exporters.
+//!
+//! **Architecture invariant:** the agent never blocks the caller. Recording takes
+//! shared locks and short per-key mutexes only, allocates nothing for a known key once
+//! warm, never returns an error and never panics; all I/O happens on the reporter's own
+//! thread.
+//!
+//! The hot path of a transaction, for a known name: a per-thread cache of recently used
+//! operations (else a hash lookup by borrowed `&str` under a shared read lock), two
+//! `Instant::now()` calls, a push and pop on the thread's span buffer, and at the end
+//! one per-operation mutex around the histogram record. No global exclusive lock and no
+//! allocation; the buffer being written is chosen by an interval epoch, so the
+//! reporter's swap never waits for recorders, nor they for it.
+//!
+//! # Getting started
+//!
+//! ```
+//! use std::time::Duration;
+//! use caracal_agent::Agent;
+//!
+//! // Defaults, then CARACAL_SERVICE_NAME, CARACAL_OTLP_GRPC_ADDR, ..., then code.
+//! let agent = Agent::builder().service_name("checkout").start();
+//!
+//! {
+//!     let request = agent.transaction("URL", "POST /checkout");
+//!     {
+//!         // Nested on the same thread: a child of `request`.
+//!         let query = agent.transaction("SQL", "postgresql:SELECT cart");
+//!         query.add_data("db.statement", "SELECT * FROM cart WHERE id = $1");
+//!     }
+//!     {
+//!         let call = agent.transaction("Call", "payments:POST /charge");
+//!         let mut headers: Vec<(String, String)> = Vec::new();
+//!         call.inject(&mut headers); // traceparent for the payments service
+//!         # let failed = true;
+//!         if failed {
+//!             call.set_status_error("card declined"); // this trace will be kept whole
+//!         }
+//!     }
+//!     agent.event("Checkout", "placed");
+//!     agent.counter("checkout.items", 3);
+//! } // `request` ends here and the trace is decided.
+//!
+//! // In a hot loop, resolve the name once: starting from a handle skips the lookup.
+//! let query = agent.operation("SQL", "postgresql:SELECT stock");
+//! for _ in 0..3 {
+//!     let _query = query.transaction();
+//! }
+//!
+//! // Flush what was recorded (without a collector this reports the delivery failure).
+//! let _ = agent.shutdown(Duration::from_millis(100));
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod agent;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod error;
+pub mod exporter;
+pub mod mapping;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
+mod process;
+mod registry;
+mod reporter;
+mod trace;
+
+pub use agent::{Agent, AgentStats, OperationHandle};
+pub use caracal_model::span::{SpanKind, StatusCode};
+pub use config::{AgentBuilder, AgentConfig};
+pub use context::TraceContext;
+pub use error::{Error, Result};
+#[cfg(feature = "opentelemetry")]
+pub use otel::{CaracalSampler, CaracalSpanProcessor};
+pub use trace::Transaction;

@@ -229,8 +229,7 @@ impl<V> Generations<V> {
     /// Starts a new generation; returns the entries of the one that expired.
     fn rotate(&mut self) -> HashMap<(NameId, u64), V> {
         self.rotated_at = Instant::now();
-        let expired = std::mem::replace(&mut self.previous, std::mem::take(&mut self.current));
-        expired
+        std::mem::replace(&mut self.previous, std::mem::take(&mut self.current))
     }
 
     /// Takes every entry of both generations.

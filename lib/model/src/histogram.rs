@@ -52,6 +52,13 @@ impl LatencyHistogram {
         let _ = self.inner.add(&other.inner);
     }
 
+    /// Adds a sparse histogram.
+    pub fn add_sparse(&mut self, other: &SparseHistogram) {
+        for (key, count) in other.buckets() {
+            self.record_bucket(key, count);
+        }
+    }
+
     /// Number of recorded values.
     pub fn len(&self) -> u64 {
         self.inner.len()
@@ -199,6 +206,11 @@ impl SparseHistogram {
     /// Forgets every value, keeping the allocation.
     pub fn clear(&mut self) {
         self.buckets.clear();
+    }
+
+    /// The `(bucket key, count)` pairs, keys ascending.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.buckets.iter().copied()
     }
 
     /// Appends the sparse form, keys ascending.

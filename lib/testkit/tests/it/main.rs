@@ -1,4 +1,5 @@
 //! End-to-end tests of collector + query in process, against the real ClickHouse.
 
+mod agent;
 mod conformance;
 mod ingest;

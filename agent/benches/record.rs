@@ -1,0 +1,117 @@
+//! Cost of recording one span: the Caracal agent (aggregated only, nothing kept) side
+//! by side with the OpenTelemetry SDK (tracer, `BatchSpanProcessor`, an exporter that
+//! discards), and heap allocations per span after warm-up, counted by a global
+//! allocator.
+//!
+//! ```sh
+//! cargo bench -p caracal-agent --bench record
+//! ```
+
+#![allow(clippy::print_stdout)] // A benchmark reports to the person running it.
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::time::Duration;
+
+use caracal_agent::exporter::InMemoryExporter;
+use caracal_agent::Agent;
+use criterion::{criterion_group, criterion_main, Criterion};
+use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Spans recorded per allocation measurement.
+const NUM_MEASURED_SPANS: u64 = 100_000;
+
+/// Discards every batch, so only the SDK's own cost is measured.
+#[derive(Debug)]
+struct DiscardExporter;
+
+impl SpanExporter for DiscardExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+fn caracal_agent() -> Agent {
+    Agent::builder()
+        .service_name("bench")
+        .sample_ratio(0.0)
+        .exporter(InMemoryExporter::new())
+        .start()
+}
+
+fn otel_batch() -> (SdkTracerProvider, SdkTracer) {
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(BatchSpanProcessor::builder(DiscardExporter).build())
+        .build();
+    let tracer = provider.tracer("bench");
+    (provider, tracer)
+}
+
+fn otel_caracal(agent: &Agent) -> (SdkTracerProvider, SdkTracer) {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(agent.sampler())
+        .with_span_processor(agent.span_processor())
+        .build();
+    let tracer = provider.tracer("bench");
+    (provider, tracer)
+}
+
+/// Heap allocations (and reallocations) per call of `record`, after a warm-up.
+fn allocations_per_span(mut record: impl FnMut()) -> f64 {
+    for _ in 0..NUM_MEASURED_SPANS {
+        record();
+    }
+    let region = Region::new(GLOBAL);
+    for _ in 0..NUM_MEASURED_SPANS {
+        record();
+    }
+    let change = region.change();
+    (change.allocations + change.reallocations) as f64 / NUM_MEASURED_SPANS as f64
+}
+
+fn record(criterion: &mut Criterion) {
+    let agent = caracal_agent();
+    let (_batch_provider, batch_tracer) = otel_batch();
+    let (_caracal_provider, caracal_tracer) = otel_caracal(&agent);
+
+    let mut group = criterion.benchmark_group("span");
+    group.bench_function("caracal_agent_transaction", |bencher| {
+        bencher.iter(|| {
+            agent
+                .transaction("URL", black_box("GET /orders/{id}"))
+                .finish()
+        });
+    });
+    let handle = agent.operation("URL", "GET /orders/{id}");
+    group.bench_function("caracal_agent_operation_handle", |bencher| {
+        bencher.iter(|| black_box(&handle).transaction().finish());
+    });
+    group.bench_function("opentelemetry_sdk_batch", |bencher| {
+        bencher.iter(|| batch_tracer.start(black_box("GET /orders/{id}")).end());
+    });
+    group.bench_function("opentelemetry_sdk_caracal_processor", |bencher| {
+        bencher.iter(|| caracal_tracer.start(black_box("GET /orders/{id}")).end());
+    });
+    group.finish();
+
+    println!(
+        "allocations per span after warm-up: caracal_agent_transaction {:.3}, caracal_agent_operation_handle {:.3}, opentelemetry_sdk_batch {:.3}, opentelemetry_sdk_caracal_processor {:.3}",
+        allocations_per_span(|| agent.transaction("URL", "GET /orders/{id}").finish()),
+        allocations_per_span(|| handle.transaction().finish()),
+        allocations_per_span(|| batch_tracer.start("GET /orders/{id}").end()),
+        allocations_per_span(|| caracal_tracer.start("GET /orders/{id}").end()),
+    );
+    let _ = agent.shutdown(Duration::from_millis(100));
+}
+
+criterion_group!(benches, record);
+criterion_main!(benches);

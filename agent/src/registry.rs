@@ -1,0 +1,973 @@
+//! The aggregation tables: interned keys, two buffers, and the swap between them.
+//!
+//! A [`Registry`] holds three tables (operations, events, metrics). Each entry is
+//! interned once, behind an [`Arc`], and carries two buffers of totals, one per
+//! reporting interval parity. The application records into the *active* buffer; at each
+//! interval boundary the reporter [swaps](Registry::swap) the active index, then
+//! [drains](Registry::drain) the now idle buffer into an [`AgentReport`] and clears it,
+//! keeping its allocations (histogram bucket vectors, table capacity).
+//!
+//! Hot path, for a known key: a hash lookup by borrowed `&str` key under a shared read
+//! lock of the tables (never exclusive; skipped altogether with an
+//! [`OperationHandle`](crate::OperationHandle)), then a per-entry, per-buffer mutex
+//! (operations, metrics) or an atomic add (events). Nothing is allocated once every
+//! sparse histogram has seen the buckets of its values. A new key takes the write lock once
+//! to insert.
+//!
+//! **Architecture invariant:** once [`Registry::drain`] has read a buffer, nothing is
+//! written to it until it becomes active again. Events and metrics read the active
+//! index under the tables' read lock, which the swap takes exclusively. Operations
+//! (the hot path) read an epoch counter instead and check, under the entry's mutex,
+//! that the drain of that epoch has not happened yet; if it has, they retry with the
+//! new epoch.
+//!
+//! Cardinality is capped per table: once a table holds `max_keys` entries, unknown keys
+//! are folded into an overflow entry named [`OVERFLOW_NAME`] (one per span kind, event
+//! status or metric kind), and [`Registry::overflowed`] counts the folded recordings.
+//! Entries idle for [`EVICT_AFTER_INTERVALS`] intervals are removed, freeing their slots.
+
+use std::collections::HashMap as StdHashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use caracal_model::histogram::{LatencyHistogram, SparseHistogram};
+use caracal_model::span::{SpanKind, StatusCode};
+use caracal_proto::{AgentReport, Aggregate, EventCount, MetricKind, MetricValue};
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::mapping::PeerType;
+
+/// Name of the entries that over-cap keys are folded into.
+pub(crate) const OVERFLOW_NAME: &str = "other";
+/// Intervals without a recording after which an entry is forgotten.
+pub(crate) const EVICT_AFTER_INTERVALS: u32 = 30;
+/// Buffers per entry: the active one and the one being drained.
+const NUM_BUFFERS: usize = 2;
+/// OTLP status codes: unset, ok, error.
+const NUM_STATUSES: usize = 3;
+/// Threshold meaning "no operation is slow".
+const NO_THRESHOLD: u64 = u64::MAX;
+/// Quantile of the previous interval used as the learned slow threshold.
+const LEARNED_QUANTILE: f64 = 0.99;
+
+/// Epoch of the first interval.
+const FIRST_EPOCH: u64 = 1;
+
+/// The buffer an epoch records into.
+fn buffer_of(epoch: u64) -> usize {
+    (epoch % NUM_BUFFERS as u64) as usize
+}
+
+/// String equality for the short names of the hot path, 8 bytes at a time and inline
+/// (a `memcmp` call per field costs more than the comparison itself).
+#[inline]
+fn same_text(left: &str, right: &str) -> bool {
+    let (left, right) = (left.as_bytes(), right.as_bytes());
+    if left.len() != right.len() {
+        return false;
+    }
+    let mut left_chunks = left.chunks_exact(8);
+    let mut right_chunks = right.chunks_exact(8);
+    for (left_chunk, right_chunk) in (&mut left_chunks).zip(&mut right_chunks) {
+        let left_word: [u8; 8] = left_chunk.try_into().unwrap_or_default();
+        let right_word: [u8; 8] = right_chunk.try_into().unwrap_or_default();
+        if u64::from_ne_bytes(left_word) != u64::from_ne_bytes(right_word) {
+            return false;
+        }
+    }
+    left_chunks
+        .remainder()
+        .iter()
+        .zip(right_chunks.remainder())
+        .all(|(left_byte, right_byte)| left_byte == right_byte)
+}
+
+/// Locks a mutex, ignoring poisoning (totals stay meaningful after a panic elsewhere).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An interned table entry.
+trait Entry {
+    /// The borrowed form of the entry's key, used for lookups.
+    type Key<'a>: Hash + Copy;
+
+    /// Builds the entry of a new key (allocates its strings).
+    fn new(key: Self::Key<'_>) -> Self;
+    /// Whether the entry is the one of `key`.
+    fn matches(&self, key: Self::Key<'_>) -> bool;
+    /// Hash of the entry's own key.
+    fn rehash(&self, hasher: &DefaultHashBuilder) -> u64;
+    /// The overflow key that replaces `key` once the table is full.
+    fn overflow<'a>(key: Self::Key<'a>) -> Self::Key<'a>;
+    /// Intervals in a row the entry recorded nothing.
+    fn idle_intervals(&self) -> &AtomicU32;
+    /// Whether the active buffer holds nothing.
+    fn is_empty(&self, active: usize) -> bool;
+}
+
+/// One table of interned entries.
+#[derive(Debug)]
+struct Table<T> {
+    entries: HashTable<Arc<T>>,
+}
+
+impl<T: Entry> Table<T> {
+    fn new() -> Self {
+        Self {
+            entries: HashTable::new(),
+        }
+    }
+
+    fn find(&self, hash: u64, key: T::Key<'_>) -> Option<&Arc<T>> {
+        self.entries.find(hash, |entry| entry.matches(key))
+    }
+
+    fn insert(&mut self, hasher: &DefaultHashBuilder, hash: u64, entry: T) -> &Arc<T> {
+        self.entries
+            .insert_unique(hash, Arc::new(entry), |entry| entry.rehash(hasher))
+            .into_mut()
+    }
+}
+
+/// Running totals of one operation, status and buffer.
+#[derive(Debug, Default)]
+struct Totals {
+    count: u64,
+    sum_ns: u64,
+    min_ns: u64,
+    max_ns: u64,
+    /// Created at the first recording and kept (cleared) from then on.
+    histogram: Option<SparseHistogram>,
+    /// The last epoch drained from this buffer; a recorder holding that epoch (or an
+    /// older one) is late and must record into the current buffer instead.
+    drained_epoch: u64,
+}
+
+impl Totals {
+    fn record(&mut self, nanos: u64) {
+        if self.count == 0 {
+            self.min_ns = nanos;
+            self.max_ns = nanos;
+        } else {
+            self.min_ns = self.min_ns.min(nanos);
+            self.max_ns = self.max_ns.max(nanos);
+        }
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(nanos);
+        self.histogram
+            .get_or_insert_with(SparseHistogram::default)
+            .record(nanos);
+    }
+
+    fn clear(&mut self) {
+        self.count = 0;
+        self.sum_ns = 0;
+        self.min_ns = 0;
+        self.max_ns = 0;
+        if let Some(histogram) = &mut self.histogram {
+            histogram.clear();
+        }
+    }
+}
+
+/// The borrowed key of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct OperationKey<'a> {
+    /// OTLP span kind.
+    pub(crate) kind: SpanKind,
+    /// CAT type (empty for OpenTelemetry spans).
+    pub(crate) span_type: &'a str,
+    /// Operation name.
+    pub(crate) name: &'a str,
+    /// What a client span calls; empty otherwise.
+    pub(crate) peer: &'a str,
+    /// What `peer` is.
+    pub(crate) peer_type: PeerType,
+}
+
+/// An interned operation: its identity, slow threshold, and totals per buffer and status.
+#[derive(Debug)]
+pub(crate) struct Operation {
+    pub(crate) kind: SpanKind,
+    pub(crate) span_type: Box<str>,
+    pub(crate) name: Box<str>,
+    pub(crate) peer: Box<str>,
+    pub(crate) peer_type: PeerType,
+    /// Durations above this many nanoseconds make a trace slow.
+    slow_threshold_ns: AtomicU64,
+    idle_intervals: AtomicU32,
+    totals: [[Mutex<Totals>; NUM_STATUSES]; NUM_BUFFERS],
+}
+
+impl Operation {
+    fn key(&self) -> OperationKey<'_> {
+        OperationKey {
+            kind: self.kind,
+            span_type: &self.span_type,
+            name: &self.name,
+            peer: &self.peer,
+            peer_type: self.peer_type,
+        }
+    }
+
+    /// Whether this is the operation of `key` (cheapest comparisons first).
+    pub(crate) fn matches_key(&self, key: OperationKey<'_>) -> bool {
+        self.kind == key.kind
+            && self.peer_type == key.peer_type
+            && same_text(&self.name, key.name)
+            && same_text(&self.span_type, key.span_type)
+            && same_text(&self.peer, key.peer)
+    }
+
+    /// Whether a span of this operation lasting `nanos` is slow.
+    pub(crate) fn is_slow(&self, nanos: u64) -> bool {
+        nanos > self.slow_threshold_ns.load(Ordering::Relaxed)
+    }
+
+    /// The current slow threshold, if any.
+    #[cfg(test)]
+    pub(crate) fn slow_threshold_ns(&self) -> Option<u64> {
+        let threshold = self.slow_threshold_ns.load(Ordering::Relaxed);
+        (threshold != NO_THRESHOLD).then_some(threshold)
+    }
+}
+
+impl Entry for Operation {
+    type Key<'a> = OperationKey<'a>;
+
+    fn new(key: OperationKey<'_>) -> Self {
+        Self {
+            kind: key.kind,
+            span_type: key.span_type.into(),
+            name: key.name.into(),
+            peer: key.peer.into(),
+            peer_type: key.peer_type,
+            slow_threshold_ns: AtomicU64::new(NO_THRESHOLD),
+            idle_intervals: AtomicU32::new(0),
+            totals: Default::default(),
+        }
+    }
+
+    fn matches(&self, key: OperationKey<'_>) -> bool {
+        self.matches_key(key)
+    }
+
+    fn rehash(&self, hasher: &DefaultHashBuilder) -> u64 {
+        hasher.hash_one(self.key())
+    }
+
+    fn overflow<'a>(key: Self::Key<'a>) -> Self::Key<'a> {
+        OperationKey {
+            kind: key.kind,
+            span_type: "",
+            name: OVERFLOW_NAME,
+            peer: "",
+            peer_type: PeerType::None,
+        }
+    }
+
+    fn idle_intervals(&self) -> &AtomicU32 {
+        &self.idle_intervals
+    }
+
+    fn is_empty(&self, active: usize) -> bool {
+        self.totals[active]
+            .iter()
+            .all(|totals| lock(totals).count == 0)
+    }
+}
+
+/// The borrowed key of an event counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct EventKey<'a> {
+    event_type: &'a str,
+    name: &'a str,
+    status: u8,
+}
+
+/// An interned event counter.
+#[derive(Debug)]
+struct EventCounter {
+    event_type: Box<str>,
+    name: Box<str>,
+    status: u8,
+    idle_intervals: AtomicU32,
+    counts: [AtomicU64; NUM_BUFFERS],
+}
+
+impl Entry for EventCounter {
+    type Key<'a> = EventKey<'a>;
+
+    fn new(key: EventKey<'_>) -> Self {
+        Self {
+            event_type: key.event_type.into(),
+            name: key.name.into(),
+            status: key.status,
+            idle_intervals: AtomicU32::new(0),
+            counts: Default::default(),
+        }
+    }
+
+    fn matches(&self, key: EventKey<'_>) -> bool {
+        *self.event_type == *key.event_type && *self.name == *key.name && self.status == key.status
+    }
+
+    fn rehash(&self, hasher: &DefaultHashBuilder) -> u64 {
+        hasher.hash_one(EventKey {
+            event_type: &self.event_type,
+            name: &self.name,
+            status: self.status,
+        })
+    }
+
+    fn overflow<'a>(key: Self::Key<'a>) -> Self::Key<'a> {
+        EventKey {
+            event_type: OVERFLOW_NAME,
+            name: OVERFLOW_NAME,
+            status: key.status,
+        }
+    }
+
+    fn idle_intervals(&self) -> &AtomicU32 {
+        &self.idle_intervals
+    }
+
+    fn is_empty(&self, active: usize) -> bool {
+        self.counts[active].load(Ordering::Relaxed) == 0
+    }
+}
+
+/// The borrowed key of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MetricKey<'a> {
+    name: &'a str,
+    kind: MetricKind,
+}
+
+/// Sum (or last value) and number of recordings of one metric and buffer.
+#[derive(Debug, Default)]
+struct MetricTotals {
+    value: f64,
+    count: u64,
+}
+
+/// An interned metric.
+#[derive(Debug)]
+struct Metric {
+    name: Box<str>,
+    kind: MetricKind,
+    idle_intervals: AtomicU32,
+    totals: [Mutex<MetricTotals>; NUM_BUFFERS],
+}
+
+impl Entry for Metric {
+    type Key<'a> = MetricKey<'a>;
+
+    fn new(key: MetricKey<'_>) -> Self {
+        Self {
+            name: key.name.into(),
+            kind: key.kind,
+            idle_intervals: AtomicU32::new(0),
+            totals: Default::default(),
+        }
+    }
+
+    fn matches(&self, key: MetricKey<'_>) -> bool {
+        *self.name == *key.name && self.kind == key.kind
+    }
+
+    fn rehash(&self, hasher: &DefaultHashBuilder) -> u64 {
+        hasher.hash_one(MetricKey {
+            name: &self.name,
+            kind: self.kind,
+        })
+    }
+
+    fn overflow<'a>(key: Self::Key<'a>) -> Self::Key<'a> {
+        MetricKey {
+            name: OVERFLOW_NAME,
+            kind: key.kind,
+        }
+    }
+
+    fn idle_intervals(&self) -> &AtomicU32 {
+        &self.idle_intervals
+    }
+
+    fn is_empty(&self, active: usize) -> bool {
+        lock(&self.totals[active]).count == 0
+    }
+}
+
+/// Everything behind the tables lock.
+#[derive(Debug)]
+struct Tables {
+    /// Index of the buffer the application records into.
+    active: usize,
+    operations: Table<Operation>,
+    events: Table<EventCounter>,
+    metrics: Table<Metric>,
+}
+
+/// Picks one table out of [`Tables`].
+trait Select<T> {
+    fn table(tables: &Tables) -> &Table<T>;
+    fn table_mut(tables: &mut Tables) -> &mut Table<T>;
+}
+
+macro_rules! select {
+    ($entry:ty, $field:ident) => {
+        impl Select<$entry> for Tables {
+            fn table(tables: &Tables) -> &Table<$entry> {
+                &tables.$field
+            }
+            fn table_mut(tables: &mut Tables) -> &mut Table<$entry> {
+                &mut tables.$field
+            }
+        }
+    };
+}
+
+select!(Operation, operations);
+select!(EventCounter, events);
+select!(Metric, metrics);
+
+/// How slow thresholds are set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThresholdConfig {
+    /// Fixed thresholds by operation name, nanoseconds; never learned.
+    pub(crate) configured_ns: StdHashMap<String, u64>,
+    /// Recordings an interval needs before its p99 becomes the learned threshold.
+    pub(crate) learn_min_count: u64,
+}
+
+/// The aggregation tables of one agent.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    tables: RwLock<Tables>,
+    hasher: DefaultHashBuilder,
+    max_keys: usize,
+    thresholds: ThresholdConfig,
+    overflowed: AtomicU64,
+    /// Number of the current interval; its parity is the active buffer. Starts at 1 so
+    /// that 0 means "never drained".
+    epoch: AtomicU64,
+}
+
+/// What one drain produced besides the report's rows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DrainStats {
+    /// Transactions and spans recorded in the drained interval.
+    pub(crate) num_recorded: u64,
+    /// Entries forgotten because they were idle.
+    pub(crate) num_evicted: usize,
+}
+
+impl Registry {
+    /// Empty tables holding at most `max_keys` keys each (plus overflow entries).
+    pub(crate) fn new(max_keys: usize, thresholds: ThresholdConfig) -> Self {
+        Self {
+            tables: RwLock::new(Tables {
+                active: buffer_of(FIRST_EPOCH),
+                operations: Table::new(),
+                events: Table::new(),
+                metrics: Table::new(),
+            }),
+            hasher: DefaultHashBuilder::default(),
+            max_keys,
+            thresholds,
+            overflowed: AtomicU64::new(0),
+            epoch: AtomicU64::new(FIRST_EPOCH),
+        }
+    }
+
+    /// Recordings folded into an overflow entry since start.
+    pub(crate) fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Finds or interns the entry of `key`, then applies `apply` to it and the active
+    /// buffer index while the tables are still locked (shared, unless the key is new).
+    /// `init` runs once on a newly interned entry.
+    fn with_entry<T, R>(
+        &self,
+        key: T::Key<'_>,
+        init: impl FnOnce(&T),
+        apply: impl FnOnce(&Arc<T>, usize) -> R,
+    ) -> R
+    where
+        T: Entry,
+        Tables: Select<T>,
+    {
+        let hash = self.hasher.hash_one(key);
+        let overflow = T::overflow(key);
+        {
+            let tables = read(&self.tables);
+            let table = <Tables as Select<T>>::table(&tables);
+            if let Some(entry) = table.find(hash, key) {
+                return apply(entry, tables.active);
+            }
+            if table.entries.len() >= self.max_keys {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+                if let Some(entry) = table.find(self.hasher.hash_one(overflow), overflow) {
+                    return apply(entry, tables.active);
+                }
+            }
+        }
+        let mut tables = write(&self.tables);
+        let active = tables.active;
+        let table = <Tables as Select<T>>::table_mut(&mut tables);
+        // Another thread may have inserted the key, or filled the table, meanwhile.
+        let (key, hash) = if table.find(hash, key).is_none() && table.entries.len() >= self.max_keys
+        {
+            (overflow, self.hasher.hash_one(overflow))
+        } else {
+            (key, hash)
+        };
+        let entry = match table.find(hash, key).cloned() {
+            Some(entry) => entry,
+            None => {
+                let entry = table.insert(&self.hasher, hash, T::new(key));
+                init(entry);
+                Arc::clone(entry)
+            }
+        };
+        apply(&entry, active)
+    }
+
+    /// The interned operation of `key` (or its overflow entry).
+    pub(crate) fn operation(&self, key: OperationKey<'_>) -> Arc<Operation> {
+        self.with_entry::<Operation, _>(
+            key,
+            |operation| {
+                if let Some(threshold) = self.thresholds.configured_ns.get(&*operation.name) {
+                    operation
+                        .slow_threshold_ns
+                        .store(*threshold, Ordering::Relaxed);
+                }
+            },
+            |operation, _| Arc::clone(operation),
+        )
+    }
+
+    /// Adds one span of `operation` to the active buffer.
+    ///
+    /// Lock-free apart from the entry's own mutex: the buffer is picked from the epoch,
+    /// and a recorder that raced with a swap (its buffer was drained after it read the
+    /// epoch) retries with the new epoch, so nothing is lost or reported late.
+    pub(crate) fn record_operation(&self, operation: &Operation, status: StatusCode, nanos: u64) {
+        loop {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let mut totals = lock(&operation.totals[buffer_of(epoch)][status as usize]);
+            if totals.drained_epoch < epoch {
+                totals.record(nanos);
+                return;
+            }
+        }
+    }
+
+    /// Counts one event.
+    pub(crate) fn count_event(&self, event_type: &str, name: &str, status: StatusCode) {
+        let key = EventKey {
+            event_type,
+            name,
+            status: status as u8,
+        };
+        self.with_entry::<EventCounter, _>(
+            key,
+            |_| {},
+            |counter, active| {
+                counter.counts[active].fetch_add(1, Ordering::Relaxed);
+            },
+        );
+    }
+
+    /// Adds a metric value (the last one wins for gauges).
+    pub(crate) fn record_metric(&self, name: &str, kind: MetricKind, value: f64) {
+        self.with_entry::<Metric, _>(
+            MetricKey { name, kind },
+            |_| {},
+            |metric, active| {
+                let mut totals = lock(&metric.totals[active]);
+                totals.count += 1;
+                match kind {
+                    MetricKind::Gauge => totals.value = value,
+                    MetricKind::Counter | MetricKind::Duration => totals.value += value,
+                }
+            },
+        );
+    }
+
+    /// Makes the other buffer active and returns the epoch to drain.
+    pub(crate) fn swap(&self) -> u64 {
+        let mut tables = write(&self.tables);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel);
+        tables.active = buffer_of(epoch + 1);
+        epoch
+    }
+
+    /// Moves the totals of `epoch` into `report` as rows of `bucket`, clears them
+    /// (keeping allocations), learns slow thresholds, and forgets long-idle entries.
+    /// Call it only with the epoch [`Registry::swap`] returned.
+    pub(crate) fn drain(&self, epoch: u64, bucket: u32, report: &mut AgentReport) -> DrainStats {
+        let idle = buffer_of(epoch);
+        let (operations, events, metrics) = {
+            let tables = read(&self.tables);
+            (
+                tables
+                    .operations
+                    .entries
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                tables.events.entries.iter().cloned().collect::<Vec<_>>(),
+                tables.metrics.entries.iter().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let mut stats = DrainStats::default();
+        let mut merged = LatencyHistogram::new();
+        let mut num_idle = 0;
+        for operation in &operations {
+            merged.clear();
+            for (status, totals) in operation.totals[idle].iter().enumerate() {
+                let mut totals = lock(totals);
+                totals.drained_epoch = epoch;
+                if totals.count == 0 {
+                    continue;
+                }
+                let mut aggregate = Aggregate {
+                    bucket,
+                    name: operation.name.to_string(),
+                    kind: operation.kind as u32,
+                    status: status as u32,
+                    count: totals.count,
+                    errors: if status == StatusCode::Error as usize {
+                        totals.count
+                    } else {
+                        0
+                    },
+                    sum_ns: totals.sum_ns,
+                    min_ns: totals.min_ns,
+                    max_ns: totals.max_ns,
+                    peer: operation.peer.to_string(),
+                    peer_type: if operation.peer.is_empty() {
+                        String::new()
+                    } else {
+                        operation.peer_type.label().to_owned()
+                    },
+                    ..Default::default()
+                };
+                if let Some(histogram) = &totals.histogram {
+                    histogram.write_sparse(&mut aggregate.hist_keys, &mut aggregate.hist_counts);
+                    merged.add_sparse(histogram);
+                }
+                stats.num_recorded += totals.count;
+                report.aggregates.push(aggregate);
+                totals.clear();
+            }
+            if !self.thresholds.configured_ns.contains_key(&*operation.name) {
+                let threshold = if merged.len() >= self.thresholds.learn_min_count.max(1) {
+                    merged.quantile(LEARNED_QUANTILE)
+                } else {
+                    NO_THRESHOLD
+                };
+                operation
+                    .slow_threshold_ns
+                    .store(threshold, Ordering::Relaxed);
+            }
+            num_idle += usize::from(track_idle(&**operation, merged.is_empty()));
+        }
+        for counter in &events {
+            let count = counter.counts[idle].swap(0, Ordering::Relaxed);
+            if count > 0 {
+                report.events.push(EventCount {
+                    bucket,
+                    event_type: counter.event_type.to_string(),
+                    name: counter.name.to_string(),
+                    status: u32::from(counter.status),
+                    count,
+                });
+            }
+            num_idle += usize::from(track_idle(&**counter, count == 0));
+        }
+        for metric in &metrics {
+            let mut totals = lock(&metric.totals[idle]);
+            if totals.count > 0 {
+                report.metrics.push(MetricValue {
+                    bucket,
+                    name: metric.name.to_string(),
+                    kind: metric.kind as i32,
+                    value: totals.value,
+                    count: totals.count,
+                });
+            }
+            let was_empty = totals.count == 0;
+            *totals = MetricTotals::default();
+            drop(totals);
+            num_idle += usize::from(track_idle(&**metric, was_empty));
+        }
+        // The snapshot holds one reference per entry; the table holds the other.
+        drop((operations, events, metrics));
+        if num_idle > 0 {
+            stats.num_evicted = self.evict_idle();
+        }
+        stats
+    }
+
+    /// Forgets entries idle for long enough that nobody references outside the table.
+    fn evict_idle(&self) -> usize {
+        let mut tables = write(&self.tables);
+        let active = tables.active;
+        let before = tables.operations.entries.len()
+            + tables.events.entries.len()
+            + tables.metrics.entries.len();
+        tables
+            .operations
+            .entries
+            .retain(|entry| !is_evictable(entry, active));
+        tables
+            .events
+            .entries
+            .retain(|entry| !is_evictable(entry, active));
+        tables
+            .metrics
+            .entries
+            .retain(|entry| !is_evictable(entry, active));
+        before
+            - (tables.operations.entries.len()
+                + tables.events.entries.len()
+                + tables.metrics.entries.len())
+    }
+
+    /// Number of interned operations (test helper).
+    #[cfg(test)]
+    pub(crate) fn num_operations(&self) -> usize {
+        read(&self.tables).operations.entries.len()
+    }
+}
+
+/// Counts idle intervals; returns whether the entry is now old enough to forget.
+fn track_idle<T: Entry>(entry: &T, was_empty: bool) -> bool {
+    if was_empty {
+        entry.idle_intervals().fetch_add(1, Ordering::Relaxed) + 1 >= EVICT_AFTER_INTERVALS
+    } else {
+        entry.idle_intervals().store(0, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Whether an entry can be dropped: idle for long, empty, and referenced only by the
+/// table (an open transaction holds its operation).
+fn is_evictable<T: Entry>(entry: &Arc<T>, active: usize) -> bool {
+    entry.idle_intervals().load(Ordering::Relaxed) >= EVICT_AFTER_INTERVALS
+        && Arc::strong_count(entry) == 1
+        && entry.is_empty(active)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max_keys: usize) -> Registry {
+        Registry::new(
+            max_keys,
+            ThresholdConfig {
+                learn_min_count: 100,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn key(name: &str) -> OperationKey<'_> {
+        OperationKey {
+            kind: SpanKind::Server,
+            span_type: "URL",
+            name,
+            peer: "",
+            peer_type: PeerType::None,
+        }
+    }
+
+    fn drain(registry: &Registry, bucket: u32) -> (AgentReport, DrainStats) {
+        let epoch = registry.swap();
+        let mut report = AgentReport::default();
+        let stats = registry.drain(epoch, bucket, &mut report);
+        report
+            .aggregates
+            .sort_by(|a, b| (&a.name, a.status).cmp(&(&b.name, b.status)));
+        (report, stats)
+    }
+
+    #[test]
+    fn counts_are_exact_and_buffers_alternate() {
+        let registry = registry(10);
+        let operation = registry.operation(key("GET /"));
+        for nanos in [5, 10, 15] {
+            registry.record_operation(&operation, StatusCode::Unset, nanos);
+        }
+        registry.record_operation(&operation, StatusCode::Error, 100);
+        registry.count_event("Cache", "miss", StatusCode::Unset);
+        registry.count_event("Cache", "miss", StatusCode::Unset);
+        registry.record_metric("queue", MetricKind::Gauge, 3.0);
+        registry.record_metric("queue", MetricKind::Gauge, 4.0);
+        registry.record_metric("bytes", MetricKind::Counter, 2.0);
+        registry.record_metric("bytes", MetricKind::Counter, 5.0);
+
+        let (report, stats) = drain(&registry, 100);
+        assert_eq!(stats.num_recorded, 4);
+        let [ok, error] = report.aggregates.as_slice() else {
+            panic!("{report:?}")
+        };
+        assert_eq!(
+            (ok.bucket, ok.count, ok.errors, ok.sum_ns, ok.min_ns, ok.max_ns, ok.kind),
+            (100, 3, 0, 30, 5, 15, SpanKind::Server as u32)
+        );
+        assert_eq!(
+            (ok.hist_keys.clone(), ok.hist_counts.clone()),
+            (vec![5, 10, 15], vec![1, 1, 1])
+        );
+        assert_eq!((error.status, error.count, error.errors), (2, 1, 1));
+        assert_eq!(report.events[0].count, 2);
+        let mut metrics: Vec<_> = report
+            .metrics
+            .iter()
+            .map(|metric| (metric.name.as_str(), metric.value, metric.count))
+            .collect();
+        metrics.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(metrics, [("bytes", 7.0, 2), ("queue", 4.0, 2)]);
+
+        // The drained buffer is empty; the next interval starts from zero.
+        registry.record_operation(&operation, StatusCode::Unset, 7);
+        let (report, stats) = drain(&registry, 110);
+        assert_eq!(stats.num_recorded, 1);
+        assert_eq!(report.aggregates.len(), 1);
+        assert_eq!(
+            (report.aggregates[0].bucket, report.aggregates[0].count),
+            (110, 1)
+        );
+        assert!(report.events.is_empty() && report.metrics.is_empty());
+        let (report, _) = drain(&registry, 120);
+        assert!(report.aggregates.is_empty());
+    }
+
+    #[test]
+    fn compares_text() {
+        for (left, right) in [
+            ("", ""),
+            ("GET /", "GET /"),
+            ("GET /orders/{id}", "GET /orders/{id}"),
+        ] {
+            assert!(same_text(left, right));
+        }
+        for (left, right) in [
+            ("", "a"),
+            ("GET /", "GET !"),
+            ("GET /orders/{id}", "GET /orders/{iD}"),
+            ("abcdefgh1", "abcdefgh2"),
+        ] {
+            assert!(!same_text(left, right), "{left} {right}");
+        }
+    }
+
+    #[test]
+    fn recording_during_swaps_loses_nothing() {
+        let registry = registry(10);
+        let operation = registry.operation(key("GET /"));
+        let num_per_thread = 100_000u64;
+        let mut total = 0;
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for nanos in 0..num_per_thread {
+                            registry.record_operation(&operation, StatusCode::Unset, nanos);
+                        }
+                    })
+                })
+                .collect();
+            while writers.iter().any(|writer| !writer.is_finished()) {
+                total += drain(&registry, 0).1.num_recorded;
+            }
+        });
+        total += drain(&registry, 0).1.num_recorded;
+        total += drain(&registry, 0).1.num_recorded;
+        assert_eq!(total, 2 * num_per_thread);
+    }
+
+    #[test]
+    fn overflow_folds_new_keys_and_counts_them() {
+        let registry = registry(2);
+        for name in ["a", "b", "c", "d"] {
+            let operation = registry.operation(key(name));
+            registry.record_operation(&operation, StatusCode::Unset, 1);
+        }
+        let known = registry.operation(key("a"));
+        registry.record_operation(&known, StatusCode::Unset, 1);
+        assert_eq!(registry.overflowed(), 2);
+        let (report, _) = drain(&registry, 0);
+        let names: Vec<_> = report
+            .aggregates
+            .iter()
+            .map(|aggregate| (aggregate.name.as_str(), aggregate.count))
+            .collect();
+        assert_eq!(names, [("a", 2), ("b", 1), ("other", 2)]);
+        for index in 0..5 {
+            registry.count_event("E", &index.to_string(), StatusCode::Unset);
+        }
+        let (report, _) = drain(&registry, 0);
+        assert_eq!(report.events.len(), 3);
+        assert_eq!(registry.overflowed(), 5);
+    }
+
+    #[test]
+    fn thresholds_are_learned_from_p99_or_configured() {
+        let mut thresholds = ThresholdConfig {
+            learn_min_count: 100,
+            ..Default::default()
+        };
+        thresholds.configured_ns.insert("fixed".into(), 5_000);
+        let registry = Registry::new(10, thresholds);
+        let learned = registry.operation(key("learned"));
+        let fixed = registry.operation(key("fixed"));
+        let sparse = registry.operation(key("sparse"));
+        assert_eq!(fixed.slow_threshold_ns(), Some(5_000));
+        for nanos in 1..=1000u64 {
+            registry.record_operation(&learned, StatusCode::Unset, nanos * 1_000);
+            registry.record_operation(&fixed, StatusCode::Unset, nanos * 1_000);
+        }
+        registry.record_operation(&sparse, StatusCode::Unset, 1_000);
+        assert_eq!(learned.slow_threshold_ns(), None);
+        drain(&registry, 0);
+        let p99 = learned.slow_threshold_ns().expect("learned");
+        assert!((985_000..=995_000).contains(&p99), "{p99}");
+        assert!(learned.is_slow(1_000_000) && !learned.is_slow(900_000));
+        assert_eq!(fixed.slow_threshold_ns(), Some(5_000));
+        assert_eq!(sparse.slow_threshold_ns(), None);
+    }
+
+    #[test]
+    fn idle_entries_are_evicted_unless_referenced() {
+        let registry = registry(10);
+        let held = registry.operation(key("held"));
+        drop(registry.operation(key("dropped")));
+        registry.count_event("E", "e", StatusCode::Unset);
+        let mut evicted = 0;
+        for _ in 0..=EVICT_AFTER_INTERVALS {
+            evicted += drain(&registry, 0).1.num_evicted;
+        }
+        assert_eq!(evicted, 2);
+        assert_eq!(registry.num_operations(), 1);
+        registry.record_operation(&held, StatusCode::Unset, 1);
+        assert_eq!(drain(&registry, 0).0.aggregates.len(), 1);
+    }
+}

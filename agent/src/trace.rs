@@ -1,0 +1,1034 @@
+//! Transactions, the per-thread span buffers, and the keep decision.
+//!
+//! Each thread holds, per agent, one *local trace*: the stack of open transactions and
+//! a buffer of fixed-size span records (ids, timing, status; attached data and
+//! exceptions live in an optional box). When the last open transaction of the local
+//! trace ends, the trace is decided:
+//! - kept whole if any span failed, any span was slower than its operation's threshold,
+//!   the remote parent was sampled, or the trace id falls in the sampled share;
+//! - otherwise forgotten (every span was already aggregated when it ended).
+//!
+//! Kept traces become OTLP spans queued for the next report. The record buffer is
+//! cleared, not freed, so a thread that keeps nothing and attaches no data allocates
+//! nothing once its buffer has grown to its deepest trace.
+//!
+//! Each thread also remembers the last few operations it started, so that
+//! [`Agent::transaction`](crate::Agent::transaction) usually finds its operation without
+//! touching the shared tables.
+
+use std::backtrace::Backtrace;
+use std::cell::RefCell;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use caracal_model::ids::{SpanId, TraceId};
+use caracal_model::span::{SpanKind, StatusCode};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{span, Span, Status};
+
+use crate::agent::Shared;
+use crate::context::{self, TraceContext};
+use crate::mapping::PeerType;
+use crate::registry::{lock, Operation, OperationKey};
+
+/// OTLP span flags: the W3C sampled bit.
+const FLAG_SAMPLED: u32 = 0x01;
+/// OTLP span flags: whether the parent is remote is known.
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+/// OTLP span flags: the parent is remote.
+const FLAG_IS_REMOTE: u32 = 0x200;
+
+/// Operations remembered per thread by [`cached_operation`].
+const NUM_CACHED_OPERATIONS: usize = 8;
+
+thread_local! {
+    static LOCAL_TRACES: RefCell<Vec<LocalTrace>> = const { RefCell::new(Vec::new()) };
+    static OPERATION_CACHE: RefCell<OperationCache> = const { RefCell::new(OperationCache::new()) };
+}
+
+/// The operations this thread used last, per agent: a hit skips the tables' lock and
+/// the hash. Holding an operation here also keeps it from being evicted as idle.
+#[derive(Debug)]
+struct OperationCache {
+    entries: [Option<(u64, Arc<Operation>)>; NUM_CACHED_OPERATIONS],
+    next: usize,
+}
+
+impl OperationCache {
+    const fn new() -> Self {
+        Self {
+            entries: [const { None }; NUM_CACHED_OPERATIONS],
+            next: 0,
+        }
+    }
+}
+
+/// The interned operation of `key`, from this thread's cache or the registry.
+pub(crate) fn cached_operation(shared: &Shared, key: OperationKey<'_>) -> Arc<Operation> {
+    let cached = OPERATION_CACHE.try_with(|cache| {
+        let mut cache = cache.try_borrow_mut().ok()?;
+        let hit = cache
+            .entries
+            .iter()
+            .flatten()
+            .find(|(agent_id, operation)| *agent_id == shared.id && operation.matches_key(key));
+        if let Some((_, operation)) = hit {
+            return Some(Arc::clone(operation));
+        }
+        let operation = shared.registry.operation(key);
+        let slot = cache.next;
+        cache.next = (slot + 1) % NUM_CACHED_OPERATIONS;
+        cache.entries[slot] = Some((shared.id, Arc::clone(&operation)));
+        Some(operation)
+    });
+    match cached {
+        Ok(Some(operation)) => operation,
+        _ => shared.registry.operation(key),
+    }
+}
+
+/// The open part of one trace, for one agent, on one thread.
+#[derive(Debug)]
+struct LocalTrace {
+    agent_id: u64,
+    trace_id: TraceId,
+    /// Span of another process this trace continues, if any.
+    remote_parent: Option<SpanId>,
+    /// Whether the trace is kept so far; also the sampled flag sent downstream.
+    keep: bool,
+    /// Spans not buffered because the trace outgrew its buffer.
+    num_unbuffered: u64,
+    open: Vec<OpenSpan>,
+    spans: Vec<SpanRecord>,
+}
+
+#[derive(Debug)]
+struct OpenSpan {
+    span_id: SpanId,
+    /// Index in `spans`, unless the buffer was full.
+    record: Option<usize>,
+    failed: bool,
+}
+
+/// A buffered span: fixed size, the rare parts boxed.
+#[derive(Debug)]
+struct SpanRecord {
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    /// Set when the span ends.
+    end: Option<EndedSpan>,
+    extra: Option<Box<SpanExtra>>,
+}
+
+#[derive(Debug)]
+struct EndedSpan {
+    operation: Arc<Operation>,
+    start: Instant,
+    duration_ns: u64,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct SpanExtra {
+    data: Vec<(String, String)>,
+    status_message: Option<String>,
+    exceptions: Vec<ExceptionRecord>,
+}
+
+#[derive(Debug)]
+struct ExceptionRecord {
+    time: Instant,
+    type_name: &'static str,
+    message: String,
+    stacktrace: Option<String>,
+}
+
+/// Runs `apply` on this thread's local trace of `agent_id`, if there is one and the
+/// thread-local is usable (not during thread teardown, not re-entered).
+fn with_trace<R>(agent_id: u64, apply: impl FnOnce(&mut LocalTrace) -> R) -> Option<R> {
+    LOCAL_TRACES
+        .try_with(|traces| {
+            let mut traces = traces.try_borrow_mut().ok()?;
+            let trace = traces.iter_mut().find(|trace| trace.agent_id == agent_id)?;
+            Some(apply(trace))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Opens a span, starting a local trace if none is open. Returns its trace and span
+/// ids.
+fn open_span(shared: &Shared, remote_parent: Option<&TraceContext>) -> (TraceId, SpanId) {
+    let span_id = context::new_span_id();
+    let opened = LOCAL_TRACES.try_with(|traces| {
+        let mut traces = traces.try_borrow_mut().ok()?;
+        let position = match traces.iter().position(|trace| trace.agent_id == shared.id) {
+            Some(position) => position,
+            None => {
+                traces.push(LocalTrace {
+                    agent_id: shared.id,
+                    trace_id: TraceId::default(),
+                    remote_parent: None,
+                    keep: false,
+                    num_unbuffered: 0,
+                    open: Vec::new(),
+                    spans: Vec::new(),
+                });
+                traces.len() - 1
+            }
+        };
+        let trace = &mut traces[position];
+        if trace.open.is_empty() {
+            trace.spans.clear();
+            trace.num_unbuffered = 0;
+            match remote_parent {
+                Some(parent) => {
+                    trace.trace_id = parent.trace_id;
+                    trace.remote_parent = Some(parent.span_id);
+                    trace.keep = parent.sampled;
+                }
+                None => {
+                    trace.trace_id = context::new_trace_id();
+                    trace.remote_parent = None;
+                    trace.keep = false;
+                }
+            }
+            trace.keep |= context::trace_id_rank(&trace.trace_id) < shared.sample_threshold;
+        }
+        let parent_span_id = match trace.open.last() {
+            Some(parent) => Some(parent.span_id),
+            None => trace.remote_parent,
+        };
+        let record = if trace.spans.len() < shared.config.max_spans_per_trace {
+            trace.spans.push(SpanRecord {
+                span_id,
+                parent_span_id,
+                end: None,
+                extra: None,
+            });
+            Some(trace.spans.len() - 1)
+        } else {
+            trace.num_unbuffered += 1;
+            None
+        };
+        trace.open.push(OpenSpan {
+            span_id,
+            record,
+            failed: false,
+        });
+        Some(trace.trace_id)
+    });
+    match opened {
+        Ok(Some(trace_id)) => (trace_id, span_id),
+        // No usable thread-local: the span is aggregated but belongs to no trace.
+        _ => (
+            remote_parent.map_or_else(context::new_trace_id, |parent| parent.trace_id),
+            span_id,
+        ),
+    }
+}
+
+/// The operation of an open transaction: borrowed from an
+/// [`OperationHandle`](crate::OperationHandle), or owned after a lookup.
+#[derive(Debug)]
+pub(crate) enum OperationRef<'a> {
+    Borrowed(&'a Arc<Operation>),
+    Owned(Arc<Operation>),
+}
+
+impl OperationRef<'_> {
+    fn get(&self) -> &Operation {
+        match self {
+            Self::Borrowed(operation) => operation,
+            Self::Owned(operation) => operation,
+        }
+    }
+
+    fn into_arc(self) -> Arc<Operation> {
+        match self {
+            Self::Borrowed(operation) => Arc::clone(operation),
+            Self::Owned(operation) => operation,
+        }
+    }
+}
+
+/// Closes a span: aggregates it, and decides the trace if it was the last open span.
+fn close_span(shared: &Shared, span_id: SpanId, operation: OperationRef<'_>, start: Instant) {
+    let end = Instant::now();
+    let duration_ns =
+        u64::try_from(end.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+    let mut operation = Some(operation);
+    with_trace(shared.id, |trace| {
+        let Some(position) = trace.open.iter().rposition(|open| open.span_id == span_id) else {
+            return;
+        };
+        let open = trace.open.remove(position);
+        let Some(operation) = operation.take() else {
+            return;
+        };
+        let status = if open.failed {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        };
+        shared
+            .registry
+            .record_operation(operation.get(), status, duration_ns);
+        if open.failed || operation.get().is_slow(duration_ns) {
+            trace.keep = true;
+        }
+        // The record is needed only if the trace may still be kept.
+        let needed = trace.keep || !trace.open.is_empty();
+        if let Some(record) = open.record.and_then(|index| trace.spans.get_mut(index)) {
+            if needed {
+                record.end = Some(EndedSpan {
+                    operation: operation.into_arc(),
+                    start,
+                    duration_ns,
+                    failed: open.failed,
+                });
+            }
+        }
+        if trace.open.is_empty() {
+            if trace.keep {
+                keep_trace(shared, trace);
+            }
+            trace.spans.clear();
+        }
+    });
+    // The span was not in a local trace (thread-local unusable): aggregate only.
+    if let Some(operation) = operation {
+        shared
+            .registry
+            .record_operation(operation.get(), StatusCode::Unset, duration_ns);
+    }
+}
+
+/// Converts a decided local trace to OTLP and queues it for the next report.
+fn keep_trace(shared: &Shared, trace: &LocalTrace) {
+    let num_spans = trace
+        .spans
+        .iter()
+        .filter(|record| record.end.is_some())
+        .count();
+    let mut kept = lock(&shared.kept);
+    if kept.len() + num_spans > shared.config.max_kept_spans {
+        drop(kept);
+        let num_dropped = num_spans as u64 + trace.num_unbuffered;
+        shared
+            .counters
+            .dropped_spans
+            .fetch_add(num_dropped, Ordering::Relaxed);
+        return;
+    }
+    kept.extend(
+        trace
+            .spans
+            .iter()
+            .filter_map(|record| to_otlp(shared, trace, record)),
+    );
+    drop(kept);
+    shared
+        .counters
+        .kept_spans
+        .fetch_add(num_spans as u64, Ordering::Relaxed);
+    shared
+        .counters
+        .dropped_spans
+        .fetch_add(trace.num_unbuffered, Ordering::Relaxed);
+}
+
+pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_otlp(shared: &Shared, trace: &LocalTrace, record: &SpanRecord) -> Option<Span> {
+    let ended = record.end.as_ref()?;
+    let operation = &ended.operation;
+    let start_unix_ns = shared.clock.unix_nanos(ended.start);
+    let extra = record.extra.as_deref();
+    let data = extra.map_or(&[][..], |extra| &extra.data[..]);
+    let mut attributes = Vec::with_capacity(data.len() + 2);
+    if !operation.span_type.is_empty() {
+        attributes.push(string_attribute("cat.type", &operation.span_type));
+    }
+    attributes.extend(data.iter().map(|(key, value)| string_attribute(key, value)));
+    let peer_key = match operation.peer_type {
+        PeerType::Service => Some("peer.service"),
+        PeerType::Database => Some("db.system"),
+        PeerType::Messaging => Some("messaging.system"),
+        PeerType::None => None,
+    };
+    if let Some(peer_key) = peer_key {
+        if !operation.peer.is_empty() && !data.iter().any(|(key, _)| key == peer_key) {
+            attributes.push(string_attribute(peer_key, &operation.peer));
+        }
+    }
+    let events = extra
+        .map(|extra| {
+            extra
+                .exceptions
+                .iter()
+                .map(|exception| {
+                    let mut attributes = vec![
+                        string_attribute("exception.type", exception.type_name),
+                        string_attribute("exception.message", &exception.message),
+                    ];
+                    if let Some(stacktrace) = &exception.stacktrace {
+                        attributes.push(string_attribute("exception.stacktrace", stacktrace));
+                    }
+                    span::Event {
+                        time_unix_nano: shared.clock.unix_nanos(exception.time),
+                        name: "exception".to_owned(),
+                        attributes,
+                        dropped_attributes_count: 0,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_remote = record.parent_span_id.is_some() && record.parent_span_id == trace.remote_parent;
+    Some(Span {
+        trace_id: trace.trace_id.0.to_vec(),
+        span_id: record.span_id.0.to_vec(),
+        parent_span_id: record
+            .parent_span_id
+            .map(|id| id.0.to_vec())
+            .unwrap_or_default(),
+        flags: FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | if is_remote { FLAG_IS_REMOTE } else { 0 },
+        name: operation.name.to_string(),
+        kind: operation.kind as i32,
+        start_time_unix_nano: start_unix_ns,
+        end_time_unix_nano: start_unix_ns.saturating_add(ended.duration_ns),
+        attributes,
+        events,
+        status: Some(Status {
+            code: if ended.failed {
+                StatusCode::Error as i32
+            } else {
+                StatusCode::Unset as i32
+            },
+            message: extra
+                .and_then(|extra| extra.status_message.clone())
+                .unwrap_or_default(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Runs `apply` on an open span (`span_id`, or the innermost when `None`) and its
+/// buffered record, if any.
+fn with_open_span<R>(
+    agent_id: u64,
+    span_id: Option<SpanId>,
+    apply: impl FnOnce(&mut OpenSpan, Option<&mut SpanRecord>) -> R,
+) -> Option<R> {
+    with_trace(agent_id, |trace| {
+        let open = match span_id {
+            Some(span_id) => trace
+                .open
+                .iter_mut()
+                .rfind(|open| open.span_id == span_id)?,
+            None => trace.open.last_mut()?,
+        };
+        let record = open.record.and_then(|index| trace.spans.get_mut(index));
+        Some(apply(open, record))
+    })
+    .flatten()
+}
+
+/// Marks a span failed (and so its trace kept), with an optional status message and
+/// exception. Returns whether the span was found.
+fn fail_span(
+    agent_id: u64,
+    span_id: Option<SpanId>,
+    message: Option<String>,
+    exception: impl FnOnce() -> Option<ExceptionRecord>,
+) -> bool {
+    with_trace(agent_id, |trace| {
+        let open = match span_id {
+            Some(span_id) => trace
+                .open
+                .iter_mut()
+                .rfind(|open| open.span_id == span_id)?,
+            None => trace.open.last_mut()?,
+        };
+        open.failed = true;
+        trace.keep = true;
+        let Some(record) = open.record.and_then(|index| trace.spans.get_mut(index)) else {
+            return Some(());
+        };
+        let extra = record.extra.get_or_insert_with(Box::default);
+        if message.is_some() {
+            extra.status_message = message;
+        }
+        if let Some(exception) = exception() {
+            if extra.status_message.is_none() {
+                extra.status_message = Some(exception.message.clone());
+            }
+            extra.exceptions.push(exception);
+        }
+        Some(())
+    })
+    .flatten()
+    .is_some()
+}
+
+/// The context a child of the innermost open span would have.
+pub(crate) fn current_context(shared: &Shared) -> Option<TraceContext> {
+    with_trace(shared.id, |trace| {
+        trace.open.last().map(|open| TraceContext {
+            trace_id: trace.trace_id,
+            span_id: open.span_id,
+            sampled: trace.keep,
+        })
+    })
+    .flatten()
+}
+
+/// Records an error on the innermost open transaction (see [`crate::Agent::record_error`]).
+pub(crate) fn record_error<E: StdError + ?Sized>(shared: &Shared, error: &E) {
+    let type_name = std::any::type_name::<E>();
+    shared
+        .registry
+        .count_event("Error", short_type_name(type_name), StatusCode::Error);
+    fail_span(shared.id, None, None, || {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let _ = write!(message, ": {cause}");
+            source = cause.source();
+        }
+        let capture = shared
+            .backtraces_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        Some(ExceptionRecord {
+            time: Instant::now(),
+            type_name,
+            message,
+            stacktrace: capture.then(|| Backtrace::force_capture().to_string()),
+        })
+    });
+}
+
+/// The last path segment of a type name, generics dropped: `a::b::Error<T>` -> `Error`.
+fn short_type_name(type_name: &str) -> &str {
+    let base = type_name.split('<').next().unwrap_or(type_name);
+    base.rsplit("::")
+        .next()
+        .unwrap_or(base)
+        .trim_start_matches("dyn ")
+}
+
+/// A CAT transaction: a timed unit of work, ended (and recorded) when dropped.
+///
+/// Transactions opened while another of the same agent is open on the same thread
+/// become its children. The guard is neither `Send` nor `Sync`: it belongs to the
+/// thread's trace, so do not hold one across an `.await` of a multi-threaded runtime.
+#[derive(Debug)]
+#[must_use = "a transaction ends when dropped; bind it to a variable"]
+pub struct Transaction<'a> {
+    shared: &'a Shared,
+    /// Taken when the transaction ends.
+    operation: Option<OperationRef<'a>>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    start: Instant,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> Transaction<'a> {
+    pub(crate) fn start(
+        shared: &'a Shared,
+        operation: OperationRef<'a>,
+        remote_parent: Option<&TraceContext>,
+    ) -> Self {
+        let (trace_id, span_id) = open_span(shared, remote_parent);
+        Self {
+            shared,
+            operation: Some(operation),
+            trace_id,
+            span_id,
+            start: Instant::now(),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Marks the transaction failed (status ERROR); its whole trace will be kept.
+    pub fn set_status_error(&self, message: impl Into<String>) {
+        fail_span(
+            self.shared.id,
+            Some(self.span_id),
+            Some(message.into()),
+            || None,
+        );
+    }
+
+    /// Attaches a key-value pair (a span attribute if the trace is kept).
+    pub fn add_data(&self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        with_open_span(self.shared.id, Some(self.span_id), |_, record| {
+            if let Some(record) = record {
+                record
+                    .extra
+                    .get_or_insert_with(Box::default)
+                    .data
+                    .push((key, value));
+            }
+        });
+    }
+
+    /// Overrides the span kind the CAT type implied.
+    pub fn set_kind(&mut self, kind: SpanKind) {
+        self.rekey(Some(kind), None);
+    }
+
+    /// Names the peer (service, database, queue) a client transaction calls, instead of
+    /// the prefix of its name.
+    pub fn set_peer(&mut self, peer: &str) {
+        self.rekey(None, Some(peer));
+    }
+
+    fn rekey(&mut self, kind: Option<SpanKind>, peer: Option<&str>) {
+        let Some(operation) = self.operation.take() else {
+            return;
+        };
+        let operation = operation.into_arc();
+        let peer_type = match (peer, operation.peer_type) {
+            (Some(_), PeerType::None) => PeerType::Service,
+            (_, peer_type) => peer_type,
+        };
+        let key = OperationKey {
+            kind: kind.unwrap_or(operation.kind),
+            span_type: &operation.span_type,
+            name: &operation.name,
+            peer: peer.unwrap_or(&operation.peer),
+            peer_type,
+        };
+        self.operation = Some(OperationRef::Owned(self.shared.registry.operation(key)));
+    }
+
+    /// This transaction's place in the trace, to pass to a callee.
+    pub fn context(&self) -> TraceContext {
+        let sampled = with_trace(self.shared.id, |trace| trace.keep).unwrap_or(false);
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            sampled,
+        }
+    }
+
+    /// Appends the `traceparent` header for a call made inside this transaction.
+    pub fn inject(&self, headers: &mut impl Extend<(String, String)>) {
+        self.context().inject(headers);
+    }
+
+    /// Ends the transaction now (the same as dropping it).
+    pub fn finish(self) {}
+
+    /// Ends the transaction now, recording it as having lasted `duration`: for work
+    /// timed elsewhere (a queue wait reported by the broker, a replayed log).
+    pub fn finish_with_duration(mut self, duration: std::time::Duration) {
+        self.start = Instant::now().checked_sub(duration).unwrap_or(self.start);
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if let Some(operation) = self.operation.take() {
+            close_span(self.shared, self.span_id, operation, self.start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use caracal_model::histogram::LatencyHistogram;
+    use caracal_proto::Aggregate;
+
+    use super::*;
+    use crate::agent::testing::{agent, builder, drain};
+    use crate::Agent;
+
+    fn attribute<'s>(span: &'s Span, key: &str) -> Option<&'s str> {
+        span.attributes
+            .iter()
+            .find(|attribute| attribute.key == key)
+            .and_then(
+                |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(value) => Some(value.as_str()),
+                    _ => None,
+                },
+            )
+    }
+
+    fn aggregate<'r>(aggregates: &'r [Aggregate], name: &str, status: StatusCode) -> &'r Aggregate {
+        aggregates
+            .iter()
+            .find(|aggregate| aggregate.name == name && aggregate.status == status as u32)
+            .unwrap_or_else(|| panic!("no aggregate {name} {status:?} in {aggregates:?}"))
+    }
+
+    /// A request with a query and a call, the call failing or not.
+    fn request(agent: &Agent, fail: bool) {
+        let root = agent.transaction("URL", "GET /orders");
+        root.add_data("http.route", "/orders");
+        agent
+            .transaction("SQL", "postgresql:SELECT orders")
+            .finish();
+        let call = agent.transaction("Call", "payments:POST /charge");
+        if fail {
+            call.set_status_error("declined");
+        }
+    }
+
+    #[test]
+    fn errors_are_kept_whole_and_counted_once() {
+        let agent = agent(builder());
+        request(&agent, false);
+        request(&agent, true);
+        let (report, kept) = drain(&agent);
+        assert_eq!(
+            aggregate(&report.aggregates, "GET /orders", StatusCode::Unset).count,
+            2
+        );
+        assert_eq!(
+            aggregate(
+                &report.aggregates,
+                "postgresql:SELECT orders",
+                StatusCode::Unset
+            )
+            .count,
+            2
+        );
+        let calls = aggregate(
+            &report.aggregates,
+            "payments:POST /charge",
+            StatusCode::Unset,
+        );
+        assert_eq!(
+            (calls.count, calls.peer.as_str(), calls.peer_type.as_str()),
+            (1, "payments", "service")
+        );
+        let failed = aggregate(
+            &report.aggregates,
+            "payments:POST /charge",
+            StatusCode::Error,
+        );
+        assert_eq!(
+            (failed.count, failed.errors, failed.kind),
+            (1, 1, SpanKind::Client as u32)
+        );
+
+        // Only the failed request's trace is kept, with all three spans.
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        let [sql, call, root] = [&kept[1], &kept[2], &kept[0]];
+        assert!(kept.iter().all(|span| span.trace_id == root.trace_id));
+        assert!(root.parent_span_id.is_empty());
+        assert_eq!(sql.parent_span_id, root.span_id);
+        assert_eq!(call.parent_span_id, root.span_id);
+        assert_eq!(
+            (root.name.as_str(), root.kind),
+            ("GET /orders", SpanKind::Server as i32)
+        );
+        assert_eq!(attribute(root, "http.route"), Some("/orders"));
+        assert_eq!(attribute(sql, "db.system"), Some("postgresql"));
+        assert_eq!(attribute(sql, "cat.type"), Some("SQL"));
+        assert_eq!(attribute(call, "peer.service"), Some("payments"));
+        let status = call.status.as_ref().unwrap();
+        assert_eq!((status.code, status.message.as_str()), (2, "declined"));
+        assert!(root.start_time_unix_nano <= sql.start_time_unix_nano);
+        assert!(sql.end_time_unix_nano <= call.start_time_unix_nano);
+        assert!(call.end_time_unix_nano <= root.end_time_unix_nano);
+        assert_eq!(agent.stats().kept_spans, 3);
+    }
+
+    #[test]
+    fn slow_traces_are_kept() {
+        let agent = agent(builder().slow_threshold("GET /slow", Duration::from_millis(2)));
+        agent
+            .transaction("URL", "GET /slow")
+            .finish_with_duration(Duration::from_millis(1));
+        {
+            let _root = agent.transaction("Job", "nightly");
+            agent
+                .transaction("URL", "GET /slow")
+                .finish_with_duration(Duration::from_millis(5));
+        }
+        let (report, kept) = drain(&agent);
+        assert_eq!(
+            aggregate(&report.aggregates, "GET /slow", StatusCode::Unset).count,
+            2
+        );
+        let names: Vec<_> = kept.iter().map(|span| span.name.as_str()).collect();
+        assert_eq!(names, ["nightly", "GET /slow"]);
+    }
+
+    #[test]
+    fn learned_thresholds_keep_the_slowest() {
+        let agent = agent(builder().learn_min_count(100));
+        for millis in 1..=200 {
+            agent
+                .transaction("URL", "GET /")
+                .finish_with_duration(Duration::from_micros(millis * 100));
+        }
+        let (_, kept) = drain(&agent);
+        assert!(
+            kept.is_empty(),
+            "nothing is slow before a threshold is learned"
+        );
+        for millis in [1, 19, 50] {
+            agent
+                .transaction("URL", "GET /")
+                .finish_with_duration(Duration::from_millis(millis));
+        }
+        let (_, kept) = drain(&agent);
+        assert_eq!(
+            kept.len(),
+            1,
+            "only the 50 ms request exceeds the learned p99 (~19.8 ms)"
+        );
+    }
+
+    #[test]
+    fn sampled_share_is_roughly_the_ratio_and_the_rest_only_counted() {
+        let agent = agent(builder().sample_ratio(0.1).max_kept_spans(100_000));
+        for _ in 0..10_000 {
+            agent.transaction("URL", "GET /").finish();
+        }
+        let (report, kept) = drain(&agent);
+        assert_eq!(
+            aggregate(&report.aggregates, "GET /", StatusCode::Unset).count,
+            10_000
+        );
+        assert!((850..1_150).contains(&kept.len()), "{}", kept.len());
+        assert!(kept.iter().all(|span| span.flags & FLAG_SAMPLED != 0));
+
+        let agent = agent_without_sampling();
+        for _ in 0..1_000 {
+            request(&agent, false);
+        }
+        let (report, kept) = drain(&agent);
+        assert!(kept.is_empty());
+        assert_eq!(
+            aggregate(&report.aggregates, "GET /orders", StatusCode::Unset).count,
+            1_000
+        );
+        assert_eq!(agent.stats().kept_spans, 0);
+    }
+
+    fn agent_without_sampling() -> Agent {
+        agent(builder().sample_ratio(0.0))
+    }
+
+    #[test]
+    fn remote_context_is_joined_and_sampled_parent_forces_keeping() {
+        let agent = agent_without_sampling();
+        let parent = TraceContext {
+            trace_id: context::new_trace_id(),
+            span_id: context::new_span_id(),
+            sampled: true,
+        };
+        {
+            let server = agent.transaction_with_parent("URL", "POST /orders", Some(&parent));
+            let context = server.context();
+            assert_eq!((context.trace_id, context.sampled), (parent.trace_id, true));
+            assert_ne!(context.span_id, parent.span_id);
+            // A remote context inside an open trace is ignored: the span nests.
+            let nested = agent.transaction_with_parent(
+                "URL",
+                "inner",
+                Some(&TraceContext {
+                    sampled: false,
+                    ..parent
+                }),
+            );
+            assert_eq!(nested.context().trace_id, parent.trace_id);
+        }
+        let unsampled = TraceContext {
+            sampled: false,
+            ..parent
+        };
+        agent
+            .transaction_with_parent("URL", "POST /orders", Some(&unsampled))
+            .finish();
+        let (_, kept) = drain(&agent);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].parent_span_id, parent.span_id.0);
+        assert_eq!(
+            kept[0].flags,
+            FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE
+        );
+        assert_eq!(kept[1].parent_span_id, kept[0].span_id);
+        assert_eq!(kept[1].flags, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE);
+    }
+
+    #[test]
+    fn keep_decision_so_far_is_propagated() {
+        let agent = agent_without_sampling();
+        let root = agent.transaction("URL", "GET /");
+        let mut headers: Vec<(String, String)> = Vec::new();
+        agent.inject(&mut headers);
+        assert!(headers[0].1.ends_with("-00"), "{headers:?}");
+        root.set_status_error("boom");
+        let call = agent.transaction("Call", "orders:GET /");
+        let header = call.context().to_traceparent();
+        assert!(header.ends_with("-01"));
+        let parsed = TraceContext::from_traceparent(&header).unwrap();
+        assert_eq!(parsed, agent.current_context().unwrap());
+        drop(call);
+        drop(root);
+        assert!(agent.current_context().is_none());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("card declined")]
+    struct Declined(#[source] std::io::Error);
+
+    #[test]
+    fn record_error_fails_the_transaction_with_an_exception_event() {
+        let agent = agent_without_sampling();
+        agent.record_error(&Declined(std::io::Error::other("gateway said no")));
+        {
+            let _root = agent.transaction("URL", "POST /pay");
+            let error: Box<dyn StdError> =
+                Box::new(Declined(std::io::Error::other("gateway said no")));
+            agent.record_error(&*error);
+            agent.record_error(&Declined(std::io::Error::other("again")));
+        }
+        let (report, kept) = drain(&agent);
+        let mut events: Vec<_> = report
+            .events
+            .iter()
+            .map(|event| (event.event_type.as_str(), event.name.as_str(), event.count))
+            .collect();
+        events.sort();
+        assert_eq!(events, [("Error", "Declined", 2), ("Error", "Error", 1)]);
+        assert_eq!(
+            aggregate(&report.aggregates, "POST /pay", StatusCode::Error).count,
+            1
+        );
+        let [span] = kept.as_slice() else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(span.events.len(), 2);
+        let exception = &span.events[1];
+        assert_eq!(exception.name, "exception");
+        let get = |key: &str| {
+            exception
+                .attributes
+                .iter()
+                .find(|attribute| attribute.key == key)
+                .map(|attribute| format!("{:?}", attribute.value))
+        };
+        assert!(get("exception.type").unwrap().contains("Declined"));
+        assert!(get("exception.message")
+            .unwrap()
+            .contains("card declined: again"));
+        assert!(get("exception.stacktrace").is_some());
+        assert_eq!(
+            span.status.as_ref().unwrap().message,
+            "card declined: gateway said no"
+        );
+    }
+
+    #[test]
+    fn out_of_order_ends_and_several_agents_per_thread() {
+        let first = agent_without_sampling();
+        let second = agent(builder().sample_ratio(1.0));
+        let parent = first.transaction("URL", "a");
+        let child = first.transaction("Job", "b");
+        let other = second.transaction("URL", "c");
+        assert_ne!(other.context().trace_id, parent.context().trace_id);
+        drop(parent);
+        let grandchild = first.transaction("Job", "d");
+        assert_eq!(grandchild.context().trace_id, child.context().trace_id);
+        drop(child);
+        drop(grandchild);
+        drop(other);
+        let (report, kept) = drain(&first);
+        assert_eq!(report.aggregates.len(), 3);
+        assert!(kept.is_empty());
+        let (_, kept) = drain(&second);
+        assert_eq!(kept.len(), 1);
+    }
+
+    #[test]
+    fn kind_and_peer_can_be_overridden_and_traces_are_bounded() {
+        let agent = agent(builder().max_spans_per_trace(3).sample_ratio(1.0));
+        {
+            let _root = agent.transaction("URL", "GET /");
+            for _ in 0..5 {
+                let mut call = agent.transaction("Remote", "inventory.reserve");
+                call.set_kind(SpanKind::Producer);
+                call.set_peer("inventory");
+            }
+        }
+        let (report, kept) = drain(&agent);
+        let call = aggregate(&report.aggregates, "inventory.reserve", StatusCode::Unset);
+        assert_eq!(
+            (call.count, call.kind, call.peer.as_str()),
+            (5, SpanKind::Producer as u32, "inventory")
+        );
+        assert_eq!(kept.len(), 3);
+        assert_eq!(agent.stats().dropped_spans, 3);
+    }
+
+    #[test]
+    fn kept_spans_are_capped_per_report() {
+        let agent = agent(builder().sample_ratio(1.0).max_kept_spans(4));
+        for _ in 0..3 {
+            request(&agent, false);
+        }
+        let (_, kept) = drain(&agent);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(agent.stats().dropped_spans, 6);
+    }
+
+    #[test]
+    fn percentiles_are_within_one_percent_of_exact() {
+        let agent = agent_without_sampling();
+        // A log-normal-ish distribution from 100 µs to ~1 s, deterministic.
+        let mut durations: Vec<u64> = (0..20_000u64)
+            .map(|index| {
+                let spread = (index * 7_919 % 20_000) as f64 / 20_000.0;
+                (100_000.0 * (spread * 9.2).exp()) as u64
+            })
+            .collect();
+        for nanos in &durations {
+            agent
+                .transaction("URL", "GET /")
+                .finish_with_duration(Duration::from_nanos(*nanos));
+        }
+        let (report, _) = drain(&agent);
+        let aggregate = aggregate(&report.aggregates, "GET /", StatusCode::Unset);
+        assert_eq!(aggregate.count, durations.len() as u64);
+        let histogram = LatencyHistogram::from_sparse(&aggregate.hist_keys, &aggregate.hist_counts);
+        durations.sort_unstable();
+        for quantile in [0.5, 0.9, 0.99, 0.999] {
+            let rank = ((quantile * durations.len() as f64).ceil() as usize).max(1);
+            let exact = durations[rank - 1] as f64;
+            let estimate = histogram.quantile(quantile) as f64;
+            assert!(
+                (estimate - exact).abs() / exact < 0.01,
+                "p{quantile}: {estimate} vs {exact}"
+            );
+        }
+        assert!(aggregate.min_ns >= durations[0] && aggregate.max_ns >= *durations.last().unwrap());
+    }
+}
