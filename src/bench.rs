@@ -284,6 +284,7 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
     let e2e = bench_store(base, "bench_e2e").await?;
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let http = TcpListener::bind("127.0.0.1:0").await?;
+    let zipkin = TcpListener::bind("127.0.0.1:0").await?;
     let http_addr = http.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let collector = tokio::spawn(caracal_collector::run(
@@ -292,7 +293,9 @@ pub async fn ingest(base: &ClickHouseConfig, options: IngestBenchOptions) -> any
         caracal_collector::Listeners {
             otlp_grpc: grpc,
             otlp_http: http,
+            zipkin,
         },
+        caracal_collector::CollectorMetrics::new(),
         async move {
             let _ = stopped.await;
         },
@@ -481,4 +484,163 @@ fn summarize(label: &str, timings: &mut [Duration]) -> String {
         millis(percentile(timings, 0.5)),
         millis(percentile(timings, 0.99))
     )
+}
+
+/// Options of `caracal bench agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentBenchOptions {
+    /// Transactions per second to record.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Distinct operations.
+    #[arg(long, default_value_t = 1_000)]
+    operations: u64,
+    /// How long to run, in seconds (a minute gives six reports).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+/// Counts what the agent would put on the wire.
+#[derive(Debug, Default)]
+struct WireCounters {
+    reports: std::sync::atomic::AtomicU64,
+    encoded_bytes: std::sync::atomic::AtomicU64,
+    gzip_bytes: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct CountingExporter(Arc<WireCounters>);
+
+impl caracal_agent::exporter::ReportExporter for CountingExporter {
+    fn export<'a>(
+        &'a self,
+        report: &'a caracal_proto::AgentReport,
+    ) -> caracal_agent::exporter::ExportFuture<'a> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let encoded = report.encode_to_vec();
+        self.0.reports.fetch_add(1, Relaxed);
+        self.0
+            .encoded_bytes
+            .fetch_add(encoded.len() as u64, Relaxed);
+        self.0.gzip_bytes.fetch_add(gzip_len(&encoded), Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn gzip_len(bytes: &[u8]) -> u64 {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = encoder.write_all(bytes);
+    encoder
+        .finish()
+        .map_or(0, |compressed| compressed.len() as u64)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kilobytes| kilobytes.parse::<u64>().ok())
+        })
+        .map_or(0, |kilobytes| kilobytes * 1_024)
+}
+
+/// Runs the agent at a steady rate and prints its memory and wire bytes, against sending
+/// every span as OTLP.
+#[allow(clippy::print_stdout)]
+pub fn agent(options: AgentBenchOptions) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counters = Arc::new(WireCounters::default());
+    let rss_before = rss_bytes();
+    let agent = caracal_agent::Agent::builder()
+        .service_name("bench")
+        .sample_ratio(0.0)
+        .exporter(CountingExporter(counters.clone()))
+        .start();
+    let names: Vec<String> = (0..options.operations)
+        .map(|index| format!("GET /api/v1/resource-{index}"))
+        .collect();
+    let mut random = Random(3);
+    let started = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = (options.rate / 100).max(1);
+    let mut recorded = 0u64;
+    let mut peak_rss = 0;
+    while started.elapsed() < Duration::from_secs(options.seconds) {
+        let tick_started = Instant::now();
+        for _ in 0..per_tick {
+            let name = &names[random.below(options.operations) as usize];
+            agent
+                .transaction("URL", name)
+                .finish_with_duration(Duration::from_micros(200 + random.below(50_000)));
+            recorded += 1;
+        }
+        if recorded % (options.rate * 5) < per_tick {
+            peak_rss = peak_rss.max(rss_bytes());
+        }
+        std::thread::sleep(tick.saturating_sub(tick_started.elapsed()));
+    }
+    peak_rss = peak_rss.max(rss_bytes());
+    agent.shutdown(Duration::from_secs(5))?;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    // The same spans sent one by one as OTLP, in 512-span gzip-compressed batches.
+    let mut otlp_spans = Vec::new();
+    for index in 0..512u64 {
+        otlp_spans.push(Span {
+            trace_id: random.next().to_be_bytes().repeat(2),
+            span_id: random.next().to_be_bytes().to_vec(),
+            name: names[(index % options.operations) as usize].clone(),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + index * 1_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + index * 1_000_000 + 5_000_000,
+            attributes: vec![attribute("http.method", Value::StringValue("GET".into()))],
+            ..Default::default()
+        });
+    }
+    let batch = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![attribute(
+                    "service.name",
+                    Value::StringValue("bench".into()),
+                )],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: otlp_spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec();
+    let otlp_gzip_per_span = gzip_len(&batch) as f64 / 512.0;
+    let per_minute = 60.0 / elapsed;
+    let agent_gzip_per_minute = counters.gzip_bytes.load(Relaxed) as f64 * per_minute;
+    let otlp_per_minute = recorded as f64 * otlp_gzip_per_span * per_minute;
+    println!(
+        "recorded {recorded} transactions over {elapsed:.0} s ({:.0}/s), {} operations",
+        recorded as f64 / elapsed,
+        options.operations
+    );
+    println!("reports sent: {}", counters.reports.load(Relaxed));
+    println!(
+        "process RSS: {:.1} MB before the agent, {:.1} MB peak while recording (agent share {:.1} MB)",
+        rss_before as f64 / 1e6,
+        peak_rss as f64 / 1e6,
+        peak_rss.saturating_sub(rss_before) as f64 / 1e6
+    );
+    println!(
+        "wire bytes per minute: agent {:.0} kB gzip ({:.0} kB encoded); every span as OTLP {:.0} kB gzip; ratio {:.4}",
+        agent_gzip_per_minute / 1e3,
+        counters.encoded_bytes.load(Relaxed) as f64 * per_minute / 1e3,
+        otlp_per_minute / 1e3,
+        agent_gzip_per_minute / otlp_per_minute
+    );
+    Ok(())
 }

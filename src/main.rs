@@ -18,9 +18,9 @@ use crate::config::CaracalConfig;
 
 /// Caracal: CAT-style distributed tracing and monitoring on ClickHouse.
 ///
-/// Services send spans with OpenTelemetry (OTLP gRPC on 4317, OTLP HTTP on 4318) or the
-/// Caracal agent; the collector batches them into ClickHouse; the query service answers
-/// the Jaeger-compatible API and serves the web UI on 8080.
+/// Services send spans with OpenTelemetry (OTLP gRPC on 4317, OTLP HTTP on 4318), Zipkin
+/// (v2 JSON on 9411) or the Caracal agent; the collector batches them into ClickHouse; the
+/// query service answers the Jaeger-compatible API and serves the web UI on 8080.
 #[derive(Debug, Parser)]
 #[command(name = "caracal", version, propagate_version = true)]
 struct Cli {
@@ -75,11 +75,12 @@ struct CommonOptions {
 enum Command {
     /// Run collector, query API and UI in one process (applies migrations first).
     ///
-    /// Listens on the OTLP gRPC and HTTP addresses and on the query/UI address, writes
-    /// to ClickHouse, and drops expired partitions in the background. Stops cleanly on
-    /// Ctrl-C or SIGTERM, flushing in-memory batches.
+    /// Listens on the OTLP gRPC and HTTP, Zipkin and query/UI addresses, writes to
+    /// ClickHouse, and drops expired partitions in the background; `GET /metrics` on the
+    /// query address. Stops cleanly on Ctrl-C or SIGTERM, flushing in-memory batches.
     Up,
-    /// Run only the collector (OTLP receivers and ClickHouse writer).
+    /// Run only the collector (OTLP and Zipkin receivers, ClickHouse writer; metrics at
+    /// `GET /metrics` on the OTLP/HTTP address).
     Collector,
     /// Run only the query API and UI.
     Query,
@@ -103,6 +104,9 @@ enum BenchCommand {
     /// OTLP -> ClickHouse spans/s against a raw insert of the same rows, bytes per span
     /// on disk, and trace-by-id and search latency through the query API.
     Ingest(bench::IngestBenchOptions),
+    /// The agent at a steady rate: process memory, and wire bytes per minute against
+    /// sending every span as OTLP.
+    Agent(bench::AgentBenchOptions),
 }
 
 impl CommonOptions {
@@ -162,6 +166,9 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
     let store =
         Store::new(&config.clickhouse.to_store_config()).context("invalid clickhouse settings")?;
     match command {
+        Command::Bench(BenchCommand::Agent(options)) => {
+            tokio::task::spawn_blocking(move || bench::agent(options)).await?
+        }
         Command::Bench(BenchCommand::Ingest(options)) => {
             bench::ingest(&config.clickhouse.to_store_config(), options).await
         }
@@ -186,8 +193,11 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
         }
         Command::Up => {
             migrate(&store).await?;
-            let collector = start_collector(&config, &store).await?;
-            let query = start_query(&config, &store).await?;
+            let metrics = caracal_collector::CollectorMetrics::new();
+            let collector = start_collector(&config, &store, metrics.clone()).await?;
+            // One address for people and scrapers: the collector's metrics are served on
+            // the query address too.
+            let query = start_query(&config, &store, Some(metrics)).await?;
             let retention = tokio::spawn(run_retention(store.clone(), config.retention.clone()));
             announce(&config, true, true);
             shutdown_signal().await;
@@ -197,7 +207,8 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
         }
         Command::Collector => {
             migrate(&store).await?;
-            let collector = start_collector(&config, &store).await?;
+            let metrics = caracal_collector::CollectorMetrics::new();
+            let collector = start_collector(&config, &store, metrics).await?;
             let retention = tokio::spawn(run_retention(store.clone(), config.retention.clone()));
             announce(&config, true, false);
             shutdown_signal().await;
@@ -205,7 +216,7 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
             stop_all(vec![collector]).await
         }
         Command::Query => {
-            let query = start_query(&config, &store).await?;
+            let query = start_query(&config, &store, None).await?;
             announce(&config, false, true);
             shutdown_signal().await;
             stop_all(vec![query]).await
@@ -253,16 +264,22 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
         .with_context(|| format!("failed to listen on {addr} for {what}"))
 }
 
-async fn start_collector(config: &CaracalConfig, store: &Store) -> anyhow::Result<Role> {
+async fn start_collector(
+    config: &CaracalConfig,
+    store: &Store,
+    metrics: caracal_collector::CollectorMetrics,
+) -> anyhow::Result<Role> {
     let listeners = caracal_collector::Listeners {
         otlp_grpc: bind(config.collector.otlp_grpc_addr, "OTLP/gRPC").await?,
         otlp_http: bind(config.collector.otlp_http_addr, "OTLP/HTTP").await?,
+        zipkin: bind(config.collector.zipkin_addr, "Zipkin").await?,
     };
     let (stop, stopped) = stop_switch();
     let task = tokio::spawn(caracal_collector::run(
         config.collector.clone(),
         store.clone(),
         listeners,
+        metrics,
         stopped,
     ));
     Ok(Role {
@@ -272,12 +289,20 @@ async fn start_collector(config: &CaracalConfig, store: &Store) -> anyhow::Resul
     })
 }
 
-async fn start_query(config: &CaracalConfig, store: &Store) -> anyhow::Result<Role> {
+/// Starts the query service; with `metrics_opt`, it also serves `GET /metrics`.
+async fn start_query(
+    config: &CaracalConfig,
+    store: &Store,
+    metrics_opt: Option<caracal_collector::CollectorMetrics>,
+) -> anyhow::Result<Role> {
     let listener = bind(config.query.http_addr, "the query API").await?;
-    let router = caracal_query::router(caracal_query::AppState {
+    let mut router = caracal_query::router(caracal_query::AppState {
         store: store.clone(),
         config: config.query.clone(),
     });
+    if let Some(metrics) = metrics_opt {
+        router = router.merge(caracal_collector::metrics::router(metrics));
+    }
     let (stop, stopped) = stop_switch();
     let task = tokio::spawn(caracal_query::serve(listener, router, stopped));
     Ok(Role {
@@ -329,9 +354,21 @@ fn announce(config: &CaracalConfig, collector: bool, query: bool) {
             "caracal: OTLP/HTTP on http://{}/v1/traces",
             config.collector.otlp_http_addr
         );
+        println!(
+            "caracal: Zipkin v2 on http://{}/api/v2/spans",
+            config.collector.zipkin_addr
+        );
     }
     if query {
         println!("caracal: UI and API on http://{}/", config.query.http_addr);
+    }
+    let metrics_addr = if query {
+        config.query.http_addr
+    } else {
+        config.collector.otlp_http_addr
+    };
+    if collector {
+        println!("caracal: metrics on http://{metrics_addr}/metrics");
     }
 }
 

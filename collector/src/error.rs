@@ -33,6 +33,18 @@ pub enum IngestError {
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 impl IngestError {
+    /// Stable label, used in metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::TooLarge { .. } => "too_large",
+            Self::UnsupportedMedia(_) => "unsupported_media",
+            Self::Overloaded => "overloaded",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
     /// Whether the client should retry the same request.
     pub fn is_retryable(&self) -> bool {
         matches!(

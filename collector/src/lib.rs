@@ -3,11 +3,13 @@
 //!
 //! Layout:
 //! - [`config`]: [`CollectorConfig`], the collector's part of Caracal's configuration.
-//! - [`ingest`]: the receivers (OTLP/gRPC, OTLP/HTTP, the agent protocol) and the [`ingest::Ingest`] handle
-//!   they share: validation, partial success, hand-off to the writer.
+//! - [`ingest`]: the receivers (OTLP/gRPC, OTLP/HTTP, Zipkin v2, the agent protocol) and
+//!   the [`ingest::Ingest`] handle they share: validation, partial success, hand-off to
+//!   the writer.
 //! - [`sink`]: the batch writer task: flattens spans into rows, inserts with the
 //!   clickhouse crate's `Inserter`, acknowledges requests once their rows are stored.
 //! - [`aggregate`]: per-10-second RED aggregates and dependency edges from raw spans.
+//! - [`metrics`]: [`CollectorMetrics`], the collector's own metrics, and `GET /metrics`.
 //!
 //! **Architecture invariant:** a request is acknowledged only after its spans are in
 //! ClickHouse; a failed insert fails the requests it held with a retryable error.
@@ -21,31 +23,39 @@ pub mod aggregate;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod sink;
 
 use std::future::Future;
 
 pub use config::CollectorConfig;
 pub use error::IngestError;
+pub use metrics::CollectorMetrics;
 use tokio::net::TcpListener;
 
 /// The collector's listeners, bound by the caller (so tests can use port 0).
 #[derive(Debug)]
 pub struct Listeners {
-    /// OTLP/gRPC.
+    /// OTLP/gRPC and the agent protocol.
     pub otlp_grpc: TcpListener,
-    /// OTLP/HTTP.
+    /// OTLP/HTTP, and `GET /metrics`.
     pub otlp_http: TcpListener,
+    /// Zipkin v2 JSON.
+    pub zipkin: TcpListener,
 }
 
 /// Runs the collector until `shutdown` resolves, then drains in-memory batches.
+///
+/// `metrics` is created by the caller, so it can serve them elsewhere too
+/// ([`metrics::router`]); the collector serves them on its OTLP/HTTP listener.
 pub async fn run(
     config: CollectorConfig,
     store: caracal_store::Store,
     listeners: Listeners,
+    metrics: CollectorMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (ingest, writer) = sink::start(store.clone(), &config);
+    let (ingest, writer) = sink::start(store.clone(), &config, metrics);
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let wait_stop = move || {
         let mut receiver = stop_receiver.clone();
@@ -60,15 +70,21 @@ pub async fn run(
         config.max_request_bytes,
         wait_stop(),
     ));
-    let http = tokio::spawn(ingest::otlp_http::serve(
+    let http = tokio::spawn(ingest::http::serve(
         listeners.otlp_http,
         ingest::otlp_http::router(ingest.clone(), config.max_request_bytes),
+        wait_stop(),
+    ));
+    let zipkin = tokio::spawn(ingest::http::serve(
+        listeners.zipkin,
+        ingest::zipkin::router(ingest.clone(), config.max_request_bytes),
         wait_stop(),
     ));
     shutdown.await;
     let _ = stop_sender.send(true);
     let _ = grpc.await;
     let _ = http.await;
+    let _ = zipkin.await;
     drop(ingest);
     let _ = writer.await;
     Ok(())

@@ -41,6 +41,7 @@ class Caracal:
     otlp_grpc_addr: str
     otlp_http_addr: str
     http_addr: str
+    zipkin_addr: str
     log_path: Path
     api: Api = field(init=False)
 
@@ -53,6 +54,10 @@ class Caracal:
     @property
     def otlp_http_url(self) -> str:
         return f"http://{self.otlp_http_addr}/v1/traces"
+
+    @property
+    def zipkin_url(self) -> str:
+        return f"http://{self.zipkin_addr}/api/v2/spans"
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -129,7 +134,15 @@ def start_caracal(database: str, log_path: Path, clickhouse_url: str) -> Caracal
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    caracal = Caracal(process, database, addrs["grpc"], addrs["http"], addrs["query"], log_path)
+    caracal = Caracal(
+        process,
+        database,
+        otlp_grpc_addr=addrs["grpc"],
+        otlp_http_addr=addrs["http"],
+        http_addr=addrs["query"],
+        zipkin_addr=addrs["zipkin"],
+        log_path=log_path,
+    )
 
     def ready() -> bool:
         caracal.assert_running()

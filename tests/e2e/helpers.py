@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +33,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 MS_NS = 1_000_000
+
+
+def fixtures_dir() -> Path:
+    """The shared fixtures: CARACAL_FIXTURES, or ../shared/fixtures beside the checkout."""
+    default = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+    return Path(os.environ.get("CARACAL_FIXTURES", default))
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:

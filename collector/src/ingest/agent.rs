@@ -21,13 +21,17 @@ use caracal_store::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tonic::{
     body::Body,
-    codec::{CompressionEncoding, EnabledCompressionEncodings},
+    codec::EnabledCompressionEncodings,
     codegen::{http, BoxFuture, Service, StdError},
     server::{Grpc, NamedService, UnaryService},
     Status,
 };
 
-use super::{Ingest, DEFAULT_TENANT};
+use super::{otlp_grpc::accepted_encodings, DecodeNotes, Ingest, DEFAULT_TENANT};
+use crate::{
+    metrics::{InsertTable, Receiver},
+    IngestError,
+};
 
 /// Sequences remembered per agent instance for duplicate detection.
 const REMEMBERED_SEQUENCES: usize = 64;
@@ -103,9 +107,14 @@ impl AgentReportService {
                 resource_spans: report.kept_spans.clone(),
             };
             self.ingest
-                .export_spans(DEFAULT_TENANT, spans, 0, false)
+                .export_spans(DEFAULT_TENANT, spans, DecodeNotes::default(), false)
                 .await
-                .map_err(|error| error.to_status())?;
+                .map_err(|error| {
+                    self.ingest
+                        .metrics()
+                        .record_refused(Receiver::Agent, &error);
+                    error.to_status()
+                })?;
         }
         let rows = ReportRows::from_report(&report);
         let stored = async {
@@ -125,7 +134,10 @@ impl AgentReportService {
         };
         if let Err(error) = stored.await {
             tracing::warn!(%error, instance = %report.instance, "cannot store agent report");
-            return Err(Status::unavailable("storage unavailable, retry later"));
+            let metrics = self.ingest.metrics();
+            metrics.record_insert_error(InsertTable::Agent);
+            metrics.record_refused(Receiver::Agent, &IngestError::StorageUnavailable);
+            return Err(IngestError::StorageUnavailable.to_status());
         }
         self.remember(&report);
         Ok(ReportResponse { stored: true })
@@ -255,16 +267,23 @@ where
             );
         }
         let service = self.clone();
+        let metrics = service.ingest.metrics().clone();
+        metrics.record_request(Receiver::Agent);
         Box::pin(async move {
-            let mut encodings = EnabledCompressionEncodings::default();
-            encodings.enable(CompressionEncoding::Gzip);
+            let limit = service.max_request_bytes;
             let mut grpc =
                 Grpc::new(tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default())
-                    .apply_compression_config(encodings, EnabledCompressionEncodings::default())
-                    .apply_max_message_size_config(Some(service.max_request_bytes), None);
+                    .apply_compression_config(
+                        accepted_encodings(),
+                        EnabledCompressionEncodings::default(),
+                    )
+                    .apply_max_message_size_config(Some(limit), None);
             let response = grpc.unary(ReportHandler(service), request).await;
             Ok(super::otlp_grpc::out_of_range_as_resource_exhausted(
                 response,
+                &metrics,
+                Receiver::Agent,
+                limit,
             ))
         })
     }

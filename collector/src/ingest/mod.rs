@@ -3,12 +3,20 @@
 //! Every receiver decodes its protocol into an OTLP `ExportTraceServiceRequest`, then
 //! calls [`Ingest::export`], which validates, hands the request to the writer and waits
 //! until its spans are stored.
+//!
+//! Layout:
+//! - [`otlp_grpc`], [`otlp_http`], [`zipkin`], [`agent`]: one receiver per protocol.
+//! - [`http`], [`body`]: what the HTTP receivers share (body limits, content encodings,
+//!   error responses).
+//! - [`validate`]: per-span validation and the partial-success message.
 
 pub mod agent;
 pub mod body;
+pub mod http;
 pub mod otlp_grpc;
 pub mod otlp_http;
 pub mod validate;
+pub mod zipkin;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::IngestError;
+pub use self::validate::DecodeNotes;
+use crate::{metrics::CollectorMetrics, IngestError};
 
 /// Tenant that owns data when no tokens are configured.
 pub const DEFAULT_TENANT: &str = "default";
@@ -41,8 +50,8 @@ pub struct WriteRequest {
     pub ack: oneshot::Sender<Result<(), IngestError>>,
 }
 
-/// What happened to an accepted request.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What happened to an accepted request (also the body of Zipkin's `202 Accepted`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ExportOutcome {
     /// Spans stored.
     pub accepted: u64,
@@ -68,26 +77,37 @@ impl ExportOutcome {
 pub struct Ingest {
     queue: mpsc::Sender<WriteRequest>,
     max_future_skew: Duration,
+    metrics: CollectorMetrics,
 }
 
 impl Ingest {
-    /// An ingest path feeding `queue`.
-    pub fn new(queue: mpsc::Sender<WriteRequest>, max_future_skew: Duration) -> Self {
+    /// An ingest path feeding `queue`, counting in `metrics`.
+    pub fn new(
+        queue: mpsc::Sender<WriteRequest>,
+        max_future_skew: Duration,
+        metrics: CollectorMetrics,
+    ) -> Self {
         Self {
             queue,
             max_future_skew,
+            metrics,
         }
     }
 
-    /// Validates, stores and reports on one export request.
+    /// The metrics every receiver counts in.
+    pub fn metrics(&self) -> &CollectorMetrics {
+        &self.metrics
+    }
+
+    /// Validates, stores and reports on one export request; `notes` carry what the
+    /// decoder already repaired or refused.
     pub async fn export(
         &self,
         tenant: &str,
         request: ExportTraceServiceRequest,
-        num_invalid_utf8: u64,
+        notes: DecodeNotes,
     ) -> Result<ExportOutcome, IngestError> {
-        self.export_spans(tenant, request, num_invalid_utf8, true)
-            .await
+        self.export_spans(tenant, request, notes, true).await
     }
 
     /// Like [`Ingest::export`], choosing whether the spans count in aggregates.
@@ -95,21 +115,23 @@ impl Ingest {
         &self,
         tenant: &str,
         mut request: ExportTraceServiceRequest,
-        num_invalid_utf8: u64,
+        notes: DecodeNotes,
         count_in_aggregates: bool,
     ) -> Result<ExportOutcome, IngestError> {
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
         let max_start_ns = now_ns.saturating_add(self.max_future_skew.as_nanos() as u64);
-        let report = validate::validate(&mut request, max_start_ns);
-        let mut outcome = ExportOutcome {
+        let mut report = validate::validate(&mut request, max_start_ns);
+        report.add_malformed(&notes);
+        self.metrics
+            .record_validated(report.num_accepted as u64, &report.rejected);
+        let outcome = ExportOutcome {
             accepted: report.num_accepted as u64,
             rejected: report.num_rejected(),
-            message: report.message(num_invalid_utf8),
+            message: report.message(&notes),
         };
         if report.num_accepted == 0 {
-            outcome.accepted = 0;
             return Ok(outcome);
         }
         let (ack, stored) = oneshot::channel();
@@ -120,13 +142,22 @@ impl Ingest {
             count_in_aggregates,
             ack,
         };
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.queue.send(write)).await {
-            Err(_elapsed) => return Err(IngestError::Overloaded),
-            Ok(Err(_closed)) => return Err(IngestError::ShuttingDown),
-            Ok(Ok(())) => {}
+        // Counted before sending, so the writer's decrement never comes first.
+        self.metrics.queue_entered();
+        let refused = match tokio::time::timeout(ENQUEUE_TIMEOUT, self.queue.send(write)).await {
+            Ok(Ok(())) => None,
+            Err(_elapsed) => Some(IngestError::Overloaded),
+            Ok(Err(_closed)) => Some(IngestError::ShuttingDown),
+        };
+        if let Some(error) = refused {
+            self.metrics.queue_left();
+            return Err(error);
         }
         match stored.await {
-            Ok(Ok(())) => Ok(outcome),
+            Ok(Ok(())) => {
+                self.metrics.record_accepted(outcome.accepted);
+                Ok(outcome)
+            }
             Ok(Err(error)) => Err(error),
             Err(_dropped) => Err(IngestError::ShuttingDown),
         }

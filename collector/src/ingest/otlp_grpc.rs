@@ -2,6 +2,7 @@
 //!
 //! The request is taken as raw bytes and decoded with the lenient decoder, so invalid
 //! UTF-8 in one attribute does not fail the whole export as the generated codec would.
+//! Requests may be compressed with gzip or zstd ([`accepted_encodings`]).
 
 use std::{
     convert::Infallible,
@@ -24,8 +25,8 @@ use tonic::{
     Status,
 };
 
-use super::{Ingest, DEFAULT_TENANT};
-use crate::IngestError;
+use super::{DecodeNotes, Ingest, DEFAULT_TENANT};
+use crate::{metrics::Receiver, IngestError};
 
 /// The gRPC method path of OTLP trace export.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -45,6 +46,14 @@ pub async fn serve(
         .add_service(agent)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// The request compressions the gRPC services accept: gzip and zstd.
+pub fn accepted_encodings() -> EnabledCompressionEncodings {
+    let mut encodings = EnabledCompressionEncodings::default();
+    encodings.enable(CompressionEncoding::Gzip);
+    encodings.enable(CompressionEncoding::Zstd);
+    encodings
 }
 
 /// The trace export service.
@@ -88,23 +97,36 @@ where
             );
         }
         let service = self.clone();
+        let metrics = service.ingest.metrics().clone();
+        metrics.record_request(Receiver::OtlpGrpc);
         Box::pin(async move {
-            let mut encodings = EnabledCompressionEncodings::default();
-            encodings.enable(CompressionEncoding::Gzip);
+            let limit = service.max_request_bytes;
             let mut grpc = Grpc::new(RawRequestCodec)
-                .apply_compression_config(encodings, EnabledCompressionEncodings::default())
-                .apply_max_message_size_config(Some(service.max_request_bytes), None);
+                .apply_compression_config(
+                    accepted_encodings(),
+                    EnabledCompressionEncodings::default(),
+                )
+                .apply_max_message_size_config(Some(limit), None);
             let response = grpc.unary(ExportHandler(service), request).await;
-            Ok(out_of_range_as_resource_exhausted(response))
+            Ok(out_of_range_as_resource_exhausted(
+                response,
+                &metrics,
+                Receiver::OtlpGrpc,
+                limit,
+            ))
         })
     }
 }
 
 /// tonic refuses an oversized message with `OUT_OF_RANGE`, which OTLP clients retry
 /// forever; the handler itself never answers `OUT_OF_RANGE`, so any such answer is the
-/// size check, and becomes the non-retryable `RESOURCE_EXHAUSTED` OTLP expects.
+/// size check, and becomes the non-retryable `RESOURCE_EXHAUSTED` OTLP expects (and a
+/// `too_large` refusal in `metrics`).
 pub(crate) fn out_of_range_as_resource_exhausted(
     mut response: http::Response<Body>,
+    metrics: &crate::metrics::CollectorMetrics,
+    receiver: Receiver,
+    limit: usize,
 ) -> http::Response<Body> {
     let out_of_range = http::HeaderValue::from(tonic::Code::OutOfRange as i32);
     let headers = response.headers_mut();
@@ -113,6 +135,11 @@ pub(crate) fn out_of_range_as_resource_exhausted(
             Status::GRPC_STATUS,
             http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
         );
+        let error = IngestError::TooLarge {
+            size: limit.saturating_add(1),
+            limit,
+        };
+        metrics.record_refused(receiver, &error);
     }
     response
 }
@@ -127,19 +154,21 @@ impl UnaryService<Bytes> for ExportHandler {
         let ingest = self.0.ingest.clone();
         Box::pin(async move {
             let body = request.into_inner();
-            let decoded =
-                caracal_model::lenient::decode_export_request(&body).map_err(|error| {
-                    IngestError::Malformed(format!("invalid protobuf: {error}")).to_status()
-                })?;
-            let outcome = ingest
-                .export(DEFAULT_TENANT, decoded.request, decoded.num_invalid_utf8)
-                .await
-                .map_err(|error| {
-                    if error.is_retryable() {
-                        tracing::warn!(%error, "otlp/grpc export failed");
-                    }
-                    error.to_status()
-                })?;
+            let exported = async {
+                let decoded =
+                    caracal_model::lenient::decode_export_request(&body).map_err(|error| {
+                        IngestError::Malformed(format!("invalid protobuf: {error}"))
+                    })?;
+                let notes = DecodeNotes::invalid_utf8(decoded.num_invalid_utf8);
+                ingest.export(DEFAULT_TENANT, decoded.request, notes).await
+            };
+            let outcome = exported.await.map_err(|error| {
+                ingest.metrics().record_refused(Receiver::OtlpGrpc, &error);
+                if error.is_retryable() {
+                    tracing::warn!(%error, "otlp/grpc export failed");
+                }
+                error.to_status()
+            })?;
             let partial_success = outcome.into_partial_success();
             Ok(tonic::Response::new(ExportTraceServiceResponse {
                 partial_success,

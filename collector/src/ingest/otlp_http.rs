@@ -1,18 +1,14 @@
-//! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip.
+//! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip
+//! or zstd, and `GET /metrics` (the collector's own metrics).
 //!
 //! Responses use the request's content type, as the OTLP specification asks: an
 //! `ExportTraceServiceResponse` (with `partial_success` when spans were refused) on
 //! success, a `google.rpc.Status` on failure, with `Retry-After` on retryable errors.
 
-use std::future::Future;
-
 use axum::{
     body::Bytes,
-    extract::{
-        rejection::{BytesRejection, FailedToBufferBody},
-        DefaultBodyLimit, State,
-    },
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    extract::{rejection::BytesRejection, DefaultBodyLimit, State},
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
     routing::post,
     Router,
@@ -21,10 +17,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tokio::net::TcpListener;
 
-use super::{body::decode_content, ExportOutcome, Ingest, DEFAULT_TENANT};
-use crate::{error::RETRY_AFTER_SECONDS, IngestError};
+use super::{
+    body::RawBody,
+    http::{decode_off_thread, error_response, ErrorFormat},
+    DecodeNotes, ExportOutcome, Ingest, DEFAULT_TENANT,
+};
+use crate::{metrics::Receiver, IngestError};
 
 #[derive(Debug, Clone)]
 struct HttpState {
@@ -39,17 +38,18 @@ enum Format {
     Json,
 }
 
-/// `google.rpc.Status`, the OTLP/HTTP error body.
-#[derive(Clone, PartialEq, Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
+impl Format {
+    fn errors(self) -> ErrorFormat {
+        match self {
+            Self::Protobuf => ErrorFormat::Protobuf,
+            Self::Json => ErrorFormat::Json,
+        }
+    }
 }
 
-/// The OTLP/HTTP routes.
+/// The OTLP/HTTP routes, and `GET /metrics`.
 pub fn router(ingest: Ingest, max_request_bytes: usize) -> Router {
+    let metrics = crate::metrics::router(ingest.metrics().clone());
     Router::new()
         .route("/v1/traces", post(export_traces))
         .with_state(HttpState {
@@ -58,17 +58,7 @@ pub fn router(ingest: Ingest, max_request_bytes: usize) -> Router {
         })
         // Compressed bodies are limited here, decompressed ones in `decode_content`.
         .layer(DefaultBodyLimit::max(max_request_bytes))
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .merge(metrics)
 }
 
 fn request_format(headers: &HeaderMap) -> Result<Format, IngestError> {
@@ -96,28 +86,17 @@ async fn export_traces(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let metrics = state.ingest.metrics();
+    metrics.record_request(Receiver::OtlpHttp);
     let format = match request_format(&headers) {
         Ok(format) => format,
-        Err(error) => return error_response(Format::Json, &error),
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
-            let limit = state.max_request_bytes;
-            let error = IngestError::TooLarge {
-                size: limit + 1,
-                limit,
-            };
-            return error_response(format, &error);
-        }
-        Err(rejection) => {
-            let error = IngestError::Malformed(format!("cannot read body: {rejection}"));
-            return error_response(format, &error);
+        Err(error) => {
+            return error_response(metrics, Receiver::OtlpHttp, ErrorFormat::Json, &error)
         }
     };
     match handle(&state, &headers, format, body).await {
         Ok(outcome) => success_response(format, outcome),
-        Err(error) => error_response(format, &error),
+        Err(error) => error_response(metrics, Receiver::OtlpHttp, format.errors(), &error),
     }
 }
 
@@ -125,29 +104,32 @@ async fn handle(
     state: &HttpState,
     headers: &HeaderMap,
     format: Format,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<ExportOutcome, IngestError> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|value| value.to_str().ok());
-    let body = decode_content(encoding, body, state.max_request_bytes)?;
-    let (request, num_invalid_utf8) = decode_request(format, &body)?;
-    state
-        .ingest
-        .export(DEFAULT_TENANT, request, num_invalid_utf8)
-        .await
+    let limit = state.max_request_bytes;
+    let raw = RawBody::new(headers, body, limit)?;
+    let (request, notes) = decode_off_thread(raw.estimated_size(), move || {
+        decode_request(format, &raw.decode(limit)?)
+    })
+    .await?;
+    state.ingest.export(DEFAULT_TENANT, request, notes).await
 }
 
 fn decode_request(
     format: Format,
     body: &[u8],
-) -> Result<(ExportTraceServiceRequest, u64), IngestError> {
+) -> Result<(ExportTraceServiceRequest, DecodeNotes), IngestError> {
     match format {
         Format::Protobuf => caracal_model::lenient::decode_export_request(body)
-            .map(|decoded| (decoded.request, decoded.num_invalid_utf8))
+            .map(|decoded| {
+                (
+                    decoded.request,
+                    DecodeNotes::invalid_utf8(decoded.num_invalid_utf8),
+                )
+            })
             .map_err(|error| IngestError::Malformed(format!("invalid protobuf: {error}"))),
         Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(body)
-            .map(|request| (request, 0))
+            .map(|request| (request, DecodeNotes::default()))
             .map_err(|error| IngestError::Malformed(format!("invalid OTLP JSON: {error}"))),
     }
 }
@@ -166,36 +148,4 @@ fn success_response(format: Format, outcome: ExportOutcome) -> Response {
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     }
-}
-
-fn error_response(format: Format, error: &IngestError) -> Response {
-    let status = error.http_status();
-    if status.is_server_error() {
-        tracing::warn!(%error, "otlp/http request failed");
-    } else {
-        tracing::debug!(%error, "otlp/http request refused");
-    }
-    let rpc_status = RpcStatus {
-        code: error.to_status().code() as i32,
-        message: error.to_string(),
-    };
-    let mut response = match format {
-        Format::Protobuf => (
-            status,
-            [(header::CONTENT_TYPE, "application/x-protobuf")],
-            rpc_status.encode_to_vec(),
-        )
-            .into_response(),
-        Format::Json => (
-            status,
-            axum::Json(serde_json::json!({"code": rpc_status.code, "message": rpc_status.message})),
-        )
-            .into_response(),
-    };
-    if error.is_retryable() || status == StatusCode::TOO_MANY_REQUESTS {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-    }
-    response
 }

@@ -12,6 +12,8 @@ pub const MIN_START_NS: u64 = 946_684_800_000_000_000;
 /// Why one span was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RejectReason {
+    /// The decoder could not read the span at all (a Zipkin span of the wrong shape).
+    MalformedSpan,
     /// Trace id of the wrong length or all zero.
     InvalidTraceId,
     /// Span id of the wrong length or all zero.
@@ -23,13 +25,44 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 5] = [
+        Self::MalformedSpan,
+        Self::InvalidTraceId,
+        Self::InvalidSpanId,
+        Self::InvalidParentSpanId,
+        Self::TimestampOutOfRange,
+    ];
+
     /// Stable label, used in messages and metrics.
     pub fn label(self) -> &'static str {
         match self {
+            Self::MalformedSpan => "malformed_span",
             Self::InvalidTraceId => "invalid_trace_id",
             Self::InvalidSpanId => "invalid_span_id",
             Self::InvalidParentSpanId => "invalid_parent_span_id",
             Self::TimestampOutOfRange => "timestamp_out_of_range",
+        }
+    }
+}
+
+/// What a decoder noticed before validation, reported together with its findings.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DecodeNotes {
+    /// Strings whose invalid UTF-8 was replaced with U+FFFD.
+    pub num_invalid_utf8: u64,
+    /// Spans the decoder could not read at all, refused as [`RejectReason::MalformedSpan`].
+    pub num_malformed_spans: u64,
+    /// Why the first of them could not be read.
+    pub first_malformed_opt: Option<String>,
+}
+
+impl DecodeNotes {
+    /// Notes of a decoder that repaired `num_invalid_utf8` strings.
+    pub fn invalid_utf8(num_invalid_utf8: u64) -> Self {
+        Self {
+            num_invalid_utf8,
+            ..Self::default()
         }
     }
 }
@@ -51,8 +84,18 @@ impl ValidationReport {
         self.rejected.values().sum()
     }
 
+    /// Adds the spans the decoder refused before validation.
+    pub fn add_malformed(&mut self, notes: &DecodeNotes) {
+        if notes.num_malformed_spans > 0 {
+            *self
+                .rejected
+                .entry(RejectReason::MalformedSpan)
+                .or_default() += notes.num_malformed_spans;
+        }
+    }
+
     /// Human-readable summary for `partial_success.error_message`; empty when clean.
-    pub fn message(&self, num_invalid_utf8: u64) -> String {
+    pub fn message(&self, notes: &DecodeNotes) -> String {
         let mut message = String::new();
         if !self.rejected.is_empty() {
             let _ = write!(message, "rejected {} spans:", self.num_rejected());
@@ -66,9 +109,13 @@ impl ValidationReport {
             }
             message.push_str(&text);
         };
-        if num_invalid_utf8 > 0 {
+        if let Some(detail) = &notes.first_malformed_opt {
+            note(format!("first malformed span: {detail}"));
+        }
+        if notes.num_invalid_utf8 > 0 {
             note(format!(
-                "{num_invalid_utf8} strings had invalid UTF-8, replaced with U+FFFD"
+                "{} strings had invalid UTF-8, replaced with U+FFFD",
+                notes.num_invalid_utf8
             ));
         }
         if self.num_negative_durations > 0 {
@@ -168,14 +215,27 @@ mod tests {
                 ..Default::default()
             }],
         };
-        let report = validate(&mut request, good_start + 1_000);
+        let mut report = validate(&mut request, good_start + 1_000);
         assert_eq!(report.num_accepted, 2);
         assert_eq!(report.num_rejected(), 7);
         assert_eq!(request.resource_spans[0].scope_spans.len(), 1);
         assert_eq!(
-            report.message(1),
+            report.message(&DecodeNotes::invalid_utf8(1)),
             "rejected 7 spans: 3 invalid_trace_id 1 invalid_span_id 1 invalid_parent_span_id \
              2 timestamp_out_of_range; 1 strings had invalid UTF-8, replaced with U+FFFD"
+        );
+        let notes = DecodeNotes {
+            num_malformed_spans: 2,
+            first_malformed_opt: Some("span 0: expected an object".into()),
+            ..DecodeNotes::default()
+        };
+        report.add_malformed(&notes);
+        assert_eq!(report.num_rejected(), 9);
+        assert_eq!(
+            report.message(&notes),
+            "rejected 9 spans: 2 malformed_span 3 invalid_trace_id 1 invalid_span_id \
+             1 invalid_parent_span_id 2 timestamp_out_of_range; \
+             first malformed span: span 0: expected an object"
         );
     }
 }

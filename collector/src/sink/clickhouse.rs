@@ -8,8 +8,11 @@
 //! [`MAX_INSERTS_IN_FLIGHT`]). The requests of a batch are acknowledged once ClickHouse
 //! has accepted it; its aggregates are applied only then, and written to the aggregate
 //! input tables on their own period.
+//!
+//! Metrics are updated per request taken from the queue and per batch: batch size when
+//! a batch is cut, insert duration and rows (or an error) when it is finished.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caracal_model::{
     blob::SpanBlobEncoder,
@@ -30,6 +33,7 @@ use super::flatten::{remote_target, Flattener};
 use crate::{
     aggregate::{Aggregator, SpanSample},
     ingest::WriteRequest,
+    metrics::{CollectorMetrics, InsertTable},
     CollectorConfig, IngestError,
 };
 
@@ -43,7 +47,10 @@ type Ack = oneshot::Sender<Result<(), IngestError>>;
 
 /// A finished insert and the requests riding on it.
 struct InsertOutcome {
-    result: Result<(), caracal_store::clickhouse::error::Error>,
+    /// Span rows stored, or why not.
+    result: Result<u64, caracal_store::clickhouse::error::Error>,
+    /// From cutting the batch to ClickHouse's answer.
+    elapsed: Duration,
     acks: Vec<Ack>,
     samples: Vec<SpanSample>,
 }
@@ -70,6 +77,7 @@ pub struct Writer {
     unsent_edges: Vec<DependencyRow>,
     /// The aggregate write in progress; it hands back the rows it could not write.
     aggregate_flush: Option<tokio::task::JoinHandle<AggregateRows>>,
+    metrics: CollectorMetrics,
 }
 
 /// Aggregate rows not yet written.
@@ -89,8 +97,8 @@ fn span_id_number(bytes: &[u8]) -> u64 {
 }
 
 impl Writer {
-    /// A writer for `store`.
-    pub fn new(store: Store, config: &CollectorConfig) -> Self {
+    /// A writer for `store`, counting in `metrics`.
+    pub fn new(store: Store, config: &CollectorConfig, metrics: CollectorMetrics) -> Self {
         let period = Duration::from_millis(config.batch_period_ms.max(1));
         let mut writer = Self {
             inserter: new_inserter(
@@ -113,6 +121,7 @@ impl Writer {
             unsent_metrics: Vec::new(),
             unsent_edges: Vec::new(),
             aggregate_flush: None,
+            metrics,
         };
         writer.pending_samples.reserve(1024);
         writer
@@ -131,6 +140,7 @@ impl Writer {
                 }
                 message = requests.recv() => match message {
                     Some(request) => {
+                        self.metrics.queue_left();
                         self.write(request).await;
                         if self.batch_is_due() {
                             self.send_batch().await;
@@ -175,25 +185,35 @@ impl Writer {
             std::mem::replace(&mut self.trace_inserter, new_trace_inserter(&self.store));
         let acks = std::mem::take(&mut self.pending_acks);
         let samples = std::mem::replace(&mut self.pending_samples, Vec::with_capacity(1024));
+        self.metrics.record_batch(inserter.pending().rows);
         self.in_flight.spawn(async move {
+            let started = Instant::now();
             let (spans, traces) = tokio::join!(inserter.end(), trace_inserter.end());
-            let result = spans.and(traces).map(|_quantities| ());
+            let result = match (spans, traces) {
+                (Ok(quantities), Ok(_)) => Ok(quantities.rows),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            };
             InsertOutcome {
                 result,
+                elapsed: started.elapsed(),
                 acks,
                 samples,
             }
         });
+        self.metrics.set_inserts_in_flight(self.in_flight.len());
     }
 
     /// Acknowledges the requests of a finished insert and counts its spans.
     fn finish(&mut self, finished: Result<InsertOutcome, tokio::task::JoinError>) {
+        self.metrics.set_inserts_in_flight(self.in_flight.len());
         let Ok(outcome) = finished else {
             tracing::error!("insert task failed");
             return;
         };
+        let stored_rows = outcome.result.as_ref().ok().copied();
+        self.metrics.record_insert(outcome.elapsed, stored_rows);
         match outcome.result {
-            Ok(()) => {
+            Ok(_rows) => {
                 for sample in &outcome.samples {
                     self.aggregator.apply(sample);
                 }
@@ -272,6 +292,7 @@ impl Writer {
         self.pending_acks.push(ack);
         if let Err(error) = result {
             tracing::warn!(%error, "cannot write spans to clickhouse");
+            self.metrics.record_insert_error(InsertTable::Spans);
             self.fail_pending();
         }
     }
@@ -303,6 +324,7 @@ impl Writer {
             return;
         }
         let store = self.store.clone();
+        let counters = self.metrics.clone();
         let metrics = std::mem::take(&mut self.unsent_metrics);
         let edges = std::mem::take(&mut self.unsent_edges);
         let flush = tokio::spawn(async move {
@@ -311,6 +333,7 @@ impl Writer {
                 Ok(()) => Vec::new(),
                 Err(error) => {
                     tracing::warn!(%error, rows = metrics.len(), "cannot write span metrics, will retry");
+                    counters.record_insert_error(InsertTable::SpanMetrics);
                     metrics
                 }
             };
@@ -318,6 +341,7 @@ impl Writer {
                 Ok(()) => Vec::new(),
                 Err(error) => {
                     tracing::warn!(%error, rows = edges.len(), "cannot write dependencies, will retry");
+                    counters.record_insert_error(InsertTable::Dependencies);
                     edges
                 }
             };

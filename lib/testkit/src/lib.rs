@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`clickhouse_url`], [`ensure_clickhouse`], [`test_store`]: the real server, started
 //!   through `deploy/clickhouse.sh` when nothing answers, and a fresh database per test.
-//! - [`TestStack`]: collector + query on port 0, stopped on drop.
+//! - [`TestStack`]: collector + query on port 0, stopped on drop; [`metric_value`] reads
+//!   its `/metrics`.
 //! - [`fixtures_dir`]: the shared fixtures (`../shared/fixtures`).
 //!
 //! Tests stay silent unless `TEST_LOG` is set.
@@ -100,17 +101,31 @@ fn init_logging() {
     }
 }
 
-/// Collector and query service running in this process.
+/// The value of one series in a Prometheus text scrape: `series` is the name with its
+/// labels as the text shows them (`caracal_received_requests_total{receiver="zipkin"}`).
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Collector and query service running in this process, wired as `caracal up` wires
+/// them (the collector's metrics are served on the query address too).
 #[derive(Debug)]
 pub struct TestStack {
     /// OTLP/gRPC address.
     pub otlp_grpc: SocketAddr,
-    /// OTLP/HTTP address.
+    /// OTLP/HTTP address (also `GET /metrics`).
     pub otlp_http: SocketAddr,
-    /// Query API address.
+    /// Zipkin v2 address.
+    pub zipkin: SocketAddr,
+    /// Query API address (also `GET /metrics`).
     pub query: SocketAddr,
     /// The store both use.
     pub store: Store,
+    /// The collector's metrics.
+    pub metrics: caracal_collector::CollectorMetrics,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     http: reqwest::Client,
@@ -140,26 +155,32 @@ impl TestStack {
     ) -> Self {
         let grpc = local_listener().await;
         let http = local_listener().await;
+        let zipkin = local_listener().await;
         let query = local_listener().await;
-        let addresses = (
-            grpc.local_addr().expect("local addr"),
-            http.local_addr().expect("local addr"),
-            query.local_addr().expect("local addr"),
+        let address = |listener: &TcpListener| listener.local_addr().expect("local addr");
+        let (otlp_grpc, otlp_http, zipkin_addr, query_addr) = (
+            address(&grpc),
+            address(&http),
+            address(&zipkin),
+            address(&query),
         );
+        let metrics = caracal_collector::CollectorMetrics::new();
         let (stop, stopped) = oneshot::channel::<()>();
         let (query_stop, query_stopped) = oneshot::channel::<()>();
         let collector = tokio::spawn({
             let store = store.clone();
+            let metrics = metrics.clone();
             async move {
                 let listeners = caracal_collector::Listeners {
                     otlp_grpc: grpc,
                     otlp_http: http,
+                    zipkin,
                 };
                 let shutdown = async move {
                     let _ = stopped.await;
                     let _ = query_stop.send(());
                 };
-                caracal_collector::run(collector_config, store, listeners, shutdown)
+                caracal_collector::run(collector_config, store, listeners, metrics, shutdown)
                     .await
                     .expect("collector runs");
             }
@@ -168,7 +189,8 @@ impl TestStack {
             let router = caracal_query::router(caracal_query::AppState {
                 store: store.clone(),
                 config: caracal_query::QueryConfig::default(),
-            });
+            })
+            .merge(caracal_collector::metrics::router(metrics.clone()));
             async move {
                 caracal_query::serve(query, router, async move {
                     let _ = query_stopped.await;
@@ -178,10 +200,12 @@ impl TestStack {
             }
         });
         Self {
-            otlp_grpc: addresses.0,
-            otlp_http: addresses.1,
-            query: addresses.2,
+            otlp_grpc,
+            otlp_http,
+            zipkin: zipkin_addr,
+            query: query_addr,
             store,
+            metrics,
             stop: Some(stop),
             tasks: vec![collector, query_task],
             http: reqwest::Client::new(),
@@ -200,6 +224,55 @@ impl TestStack {
             .expect("otlp/http request");
         let status = response.status().as_u16();
         (status, response.bytes().await.expect("body").to_vec())
+    }
+
+    /// POSTs a Zipkin v2 body to `/api/v2/spans`, with a `Content-Encoding` if given;
+    /// returns status and JSON.
+    pub async fn post_zipkin(
+        &self,
+        body: Vec<u8>,
+        encoding_opt: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .post(format!("http://{}/api/v2/spans", self.zipkin))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(encoding) = encoding_opt {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request.send().await.expect("zipkin request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// GETs `/metrics` from `address` (the OTLP/HTTP or the query address); returns
+    /// status, content type and the text.
+    pub async fn scrape_metrics(&self, address: SocketAddr) -> (u16, String, String) {
+        let response = self
+            .http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .expect("metrics request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (
+            status,
+            content_type,
+            response.text().await.expect("metrics text"),
+        )
+    }
+
+    /// The HTTP client the helpers use, for requests they do not cover.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// GETs a query API path; returns status and JSON.

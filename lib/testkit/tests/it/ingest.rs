@@ -1,5 +1,6 @@
-//! Ingest through OTLP/HTTP protobuf: partial success, repaired UTF-8, and the RED
-//! aggregates and dependency edges computed from the stored spans.
+//! Ingest through OTLP/HTTP protobuf: partial success, repaired UTF-8, zstd bodies over
+//! HTTP and gRPC, and the RED aggregates and dependency edges computed from the stored
+//! spans.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -344,5 +345,60 @@ async fn aggregates_and_dependencies_are_exact() {
             ("orders".to_owned(), "postgresql".to_owned(), num_traces),
         ]
     );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_bodies_are_accepted_over_http_and_grpc() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use tonic::codec::CompressionEncoding;
+
+    let stack = TestStack::start(test_store("ingest_zstd").await).await;
+    let start = now_ns() - 1_000_000_000;
+    let request_for = |trace: u128| ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            "zstd",
+            vec![span(
+                SpanSpec {
+                    trace,
+                    id: 1,
+                    parent: 0,
+                    name: "compressed",
+                    kind: SpanKind::Server,
+                    start_ns: start,
+                    duration_ns: 1_000,
+                    error: false,
+                },
+                vec![],
+            )],
+        )],
+    };
+
+    let body = zstd::stream::encode_all(request_for(0x25d1).encode_to_vec().as_slice(), 3).unwrap();
+    let response = stack
+        .http_client()
+        .post(format!("http://{}/v1/traces", stack.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "zstd")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    let mut client = TraceServiceClient::connect(format!("http://{}", stack.otlp_grpc))
+        .await
+        .unwrap()
+        .send_compressed(CompressionEncoding::Zstd);
+    let response = client.export(request_for(0x25d2)).await.unwrap();
+    assert_eq!(response.into_inner().partial_success, None);
+
+    for trace in [0x25d1u128, 0x25d2] {
+        let (status, body) = stack
+            .get_json(&format!("/api/traces/{trace:032x}"), &[])
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"][0]["spans"][0]["operationName"], "compressed");
+    }
     stack.stop().await;
 }

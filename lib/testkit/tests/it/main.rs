@@ -3,3 +3,5 @@
 mod agent;
 mod conformance;
 mod ingest;
+mod metrics;
+mod zipkin;
