@@ -21,13 +21,12 @@ use caracal_store::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tonic::{
     body::Body,
-    codec::EnabledCompressionEncodings,
     codegen::{http, BoxFuture, Service, StdError},
-    server::{Grpc, NamedService, UnaryService},
+    server::{NamedService, UnaryService},
     Status,
 };
 
-use super::{otlp_grpc::accepted_encodings, DecodeNotes, Ingest, DEFAULT_TENANT};
+use super::{DecodeNotes, Ingest, DEFAULT_TENANT};
 use crate::{
     metrics::{InsertTable, Receiver},
     IngestError,
@@ -268,24 +267,16 @@ where
         }
         let service = self.clone();
         let metrics = service.ingest.metrics().clone();
-        metrics.record_request(Receiver::Agent);
-        Box::pin(async move {
-            let limit = service.max_request_bytes;
-            let mut grpc =
-                Grpc::new(tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default())
-                    .apply_compression_config(
-                        accepted_encodings(),
-                        EnabledCompressionEncodings::default(),
-                    )
-                    .apply_max_message_size_config(Some(limit), None);
-            let response = grpc.unary(ReportHandler(service), request).await;
-            Ok(super::otlp_grpc::out_of_range_as_resource_exhausted(
-                response,
-                &metrics,
-                Receiver::Agent,
-                limit,
-            ))
-        })
+        let limit = service.max_request_bytes;
+        let codec = tonic_prost::ProstCodec::<ReportResponse, AgentReport>::default();
+        Box::pin(super::otlp_grpc::unary_call(
+            codec,
+            ReportHandler(service),
+            request,
+            metrics,
+            Receiver::Agent,
+            limit,
+        ))
     }
 }
 

@@ -98,24 +98,44 @@ where
         }
         let service = self.clone();
         let metrics = service.ingest.metrics().clone();
-        metrics.record_request(Receiver::OtlpGrpc);
-        Box::pin(async move {
-            let limit = service.max_request_bytes;
-            let mut grpc = Grpc::new(RawRequestCodec)
-                .apply_compression_config(
-                    accepted_encodings(),
-                    EnabledCompressionEncodings::default(),
-                )
-                .apply_max_message_size_config(Some(limit), None);
-            let response = grpc.unary(ExportHandler(service), request).await;
-            Ok(out_of_range_as_resource_exhausted(
-                response,
-                &metrics,
-                Receiver::OtlpGrpc,
-                limit,
-            ))
-        })
+        let limit = service.max_request_bytes;
+        Box::pin(unary_call(
+            RawRequestCodec,
+            ExportHandler(service),
+            request,
+            metrics,
+            Receiver::OtlpGrpc,
+            limit,
+        ))
     }
+}
+
+/// Serves one unary call: counts the request, accepts gzip and zstd bodies up to
+/// `limit` bytes, runs `handler`, and maps tonic's size refusal (see
+/// [`out_of_range_as_resource_exhausted`]).
+pub(crate) async fn unary_call<C, H, B>(
+    codec: C,
+    handler: H,
+    request: http::Request<B>,
+    metrics: crate::metrics::CollectorMetrics,
+    receiver: Receiver,
+    limit: usize,
+) -> Result<http::Response<Body>, Infallible>
+where
+    C: Codec,
+    C::Decode: Send,
+    H: UnaryService<C::Decode, Response = C::Encode>,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    metrics.record_request(receiver);
+    let mut grpc = Grpc::new(codec)
+        .apply_compression_config(accepted_encodings(), EnabledCompressionEncodings::default())
+        .apply_max_message_size_config(Some(limit), None);
+    let response = grpc.unary(handler, request).await;
+    Ok(out_of_range_as_resource_exhausted(
+        response, &metrics, receiver, limit,
+    ))
 }
 
 /// tonic refuses an oversized message with `OUT_OF_RANGE`, which OTLP clients retry
