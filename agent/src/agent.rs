@@ -57,6 +57,23 @@ impl WallClock {
     }
 }
 
+/// The aggregation key of a CAT transaction: kind and peer follow from the type and
+/// the name (see [`crate::mapping`]).
+pub(crate) fn operation_key<'a>(span_type: &'a str, name: &'a str) -> OperationKey<'a> {
+    let peer_type = mapping::peer_type_of(span_type);
+    OperationKey {
+        kind: mapping::kind_of(span_type),
+        span_type,
+        name,
+        peer: if peer_type == mapping::PeerType::None {
+            ""
+        } else {
+            mapping::peer_of(name)
+        },
+        peer_type,
+    }
+}
+
 /// The agent's own counters, reported in every heartbeat.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -247,19 +264,7 @@ impl Agent {
         name: &str,
         parent: Option<&TraceContext>,
     ) -> Transaction<'_> {
-        let peer_type = mapping::peer_type_of(span_type);
-        let key = OperationKey {
-            kind: mapping::kind_of(span_type),
-            span_type,
-            name,
-            peer: if peer_type == mapping::PeerType::None {
-                ""
-            } else {
-                mapping::peer_of(name)
-            },
-            peer_type,
-        };
-        let operation = trace::cached_operation(self.shared(), key);
+        let operation = trace::cached_operation(self.shared(), operation_key(span_type, name));
         Transaction::start(self.shared(), OperationRef::Owned(operation), parent)
     }
 
@@ -267,20 +272,11 @@ impl Agent {
     /// transactions of the same operation: [`OperationHandle::transaction`] then skips
     /// the name lookup (the cheapest way to record).
     pub fn operation(&self, span_type: &str, name: &str) -> OperationHandle {
-        let peer_type = mapping::peer_type_of(span_type);
-        let key = OperationKey {
-            kind: mapping::kind_of(span_type),
-            span_type,
-            name,
-            peer: if peer_type == mapping::PeerType::None {
-                ""
-            } else {
-                mapping::peer_of(name)
-            },
-            peer_type,
-        };
         OperationHandle {
-            operation: self.shared().registry.operation(key),
+            operation: self
+                .shared()
+                .registry
+                .operation(operation_key(span_type, name)),
             agent: self.clone(),
         }
     }

@@ -20,6 +20,11 @@
 //!   them with retries, failover and a memory bound.
 //! - [`exporter`]: [`ReportExporter`](exporter::ReportExporter), the gRPC exporter and
 //!   an in-memory one for tests.
+//! - [`detached`]: [`DetachedTransaction`], a transaction that may cross threads (async
+//!   code), and [`Agent::record_completed`].
+//! - `http` (feature `http`, default): [`http::AgentLayer`], a tower layer recording
+//!   SERVER transactions, and (feature `reqwest`, default) a `reqwest` helper recording
+//!   CLIENT ones, with `traceparent` propagation.
 //! - `otel` (feature `opentelemetry`, default): a span processor and sampler that plug
 //!   the agent into the OpenTelemetry SDK.
 //! - [`demo`]: a simulated multi-service system for `caracal demo`.
@@ -82,8 +87,11 @@ pub mod agent;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod detached;
 pub mod error;
 pub mod exporter;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod mapping;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
@@ -96,6 +104,7 @@ pub use agent::{Agent, AgentStats, OperationHandle};
 pub use caracal_model::span::{SpanKind, StatusCode};
 pub use config::{AgentBuilder, AgentConfig};
 pub use context::TraceContext;
+pub use detached::DetachedTransaction;
 pub use error::{Error, Result};
 #[cfg(feature = "opentelemetry")]
 pub use otel::{CaracalSampler, CaracalSpanProcessor};

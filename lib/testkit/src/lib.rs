@@ -154,6 +154,25 @@ impl TestStack {
         collector_config: caracal_collector::CollectorConfig,
     ) -> Self {
         let grpc = local_listener().await;
+        Self::start_with_grpc(store, collector_config, grpc).await
+    }
+
+    /// Starts collector and query with test-friendly timings, the collector's OTLP/gRPC
+    /// (and agent) receiver on `otlp_grpc`: for a collector coming back on a known port.
+    pub async fn start_on(store: Store, otlp_grpc: TcpListener) -> Self {
+        let collector_config = caracal_collector::CollectorConfig {
+            batch_period_ms: 50,
+            aggregate_flush_ms: 200,
+            ..Default::default()
+        };
+        Self::start_with_grpc(store, collector_config, otlp_grpc).await
+    }
+
+    async fn start_with_grpc(
+        store: Store,
+        collector_config: caracal_collector::CollectorConfig,
+        grpc: TcpListener,
+    ) -> Self {
         let http = local_listener().await;
         let zipkin = local_listener().await;
         let query = local_listener().await;

@@ -1,6 +1,7 @@
 //! End-to-end tests of collector + query in process, against the real ClickHouse.
 
 mod agent;
+mod agent_outage;
 mod conformance;
 mod ingest;
 mod metrics;
