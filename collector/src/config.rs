@@ -37,6 +37,13 @@ pub struct CollectorConfig {
     pub aggregate_flush_ms: u64,
     /// Spans starting more than this many seconds in the future are rejected.
     pub max_future_skew_secs: u64,
+    /// Attributes kept per span, event, link, resource and scope; the rest are dropped
+    /// and counted in OTLP's `dropped_attributes_count`.
+    pub max_attributes_per_span: usize,
+    /// Longest attribute key in bytes; longer keys are cut and marked `…[truncated]`.
+    pub max_attribute_key_bytes: usize,
+    /// Longest string or bytes attribute value; longer values are cut and marked.
+    pub max_attribute_value_bytes: usize,
 }
 
 impl Default for CollectorConfig {
@@ -52,6 +59,9 @@ impl Default for CollectorConfig {
             queue_capacity: 1024,
             aggregate_flush_ms: 5_000,
             max_future_skew_secs: 86_400,
+            max_attributes_per_span: 128,
+            max_attribute_key_bytes: 256,
+            max_attribute_value_bytes: 16 * 1024,
         }
     }
 }

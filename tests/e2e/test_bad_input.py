@@ -239,6 +239,22 @@ def test_invalid_utf8_is_repaired_and_kept(caracal, transport):
     assert tags["e2e.clean"] == ("string", "ok")
 
 
+def test_oversized_attributes_are_truncated_and_extra_ones_dropped(caracal):
+    # Defaults: 16 KiB per value, 256 bytes per key, 128 attributes per span.
+    attributes = [string_attribute("e2e.big", "x" * 20_000), string_attribute("k" * 300, "v")]
+    attributes += [string_attribute(f"e2e.extra.{index}", "1") for index in range(140)]
+    span = new_span("oversized attributes", attributes=attributes)
+    response = send(caracal, "http", export_request(span))
+    assert response.partial_success.rejected_spans == 0
+    message = response.partial_success.error_message
+    assert "2 attribute keys or values over the length limit were truncated" in message, message
+    assert "14 attributes over the per-span limit were dropped" in message, message
+    tags = tags_of(stored_span(caracal, span))
+    assert tags["e2e.big"] == ("string", "x" * 16_384 + "…[truncated]")
+    assert "k" * 256 + "…[truncated]" in tags
+    assert sum(key.startswith("e2e.extra.") for key in tags) == 126
+
+
 # --- OTLP/gRPC -------------------------------------------------------------------------
 
 

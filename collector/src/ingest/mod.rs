@@ -77,6 +77,7 @@ impl ExportOutcome {
 pub struct Ingest {
     queue: mpsc::Sender<WriteRequest>,
     max_future_skew: Duration,
+    attribute_limits: validate::AttributeLimits,
     metrics: CollectorMetrics,
 }
 
@@ -85,11 +86,13 @@ impl Ingest {
     pub fn new(
         queue: mpsc::Sender<WriteRequest>,
         max_future_skew: Duration,
+        attribute_limits: validate::AttributeLimits,
         metrics: CollectorMetrics,
     ) -> Self {
         Self {
             queue,
             max_future_skew,
+            attribute_limits,
             metrics,
         }
     }
@@ -122,7 +125,7 @@ impl Ingest {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
         let max_start_ns = now_ns.saturating_add(self.max_future_skew.as_nanos() as u64);
-        let mut report = validate::validate(&mut request, max_start_ns);
+        let mut report = validate::validate(&mut request, max_start_ns, &self.attribute_limits);
         report.add_malformed(&notes);
         self.metrics
             .record_validated(report.num_accepted as u64, &report.rejected);

@@ -18,7 +18,12 @@ pub fn start(
 ) -> (Ingest, JoinHandle<()>) {
     let (queue, requests) = mpsc::channel(config.queue_capacity.max(1));
     let max_future_skew = Duration::from_secs(config.max_future_skew_secs);
-    let ingest = Ingest::new(queue, max_future_skew, metrics.clone());
+    let limits = crate::ingest::validate::AttributeLimits {
+        max_attributes: config.max_attributes_per_span,
+        max_key_bytes: config.max_attribute_key_bytes,
+        max_value_bytes: config.max_attribute_value_bytes,
+    };
+    let ingest = Ingest::new(queue, max_future_skew, limits, metrics.clone());
     let writer = clickhouse::Writer::new(store, config, metrics);
     (ingest, tokio::spawn(writer.run(requests)))
 }

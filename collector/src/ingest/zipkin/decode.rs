@@ -386,7 +386,7 @@ mod tests {
     use std::fmt::Write as _;
 
     use super::*;
-    use crate::ingest::validate::{validate, RejectReason};
+    use crate::ingest::validate::{validate, AttributeLimits, RejectReason};
 
     fn text(value: Option<&AnyValue>) -> String {
         match value.and_then(|value| value.value.as_ref()) {
@@ -500,7 +500,7 @@ resource "back"
     /// Decodes `json`, validates it, and returns what was kept and refused.
     fn validated(json: &str) -> (usize, Vec<(RejectReason, u64)>, DecodeNotes) {
         let (mut request, notes) = decode_spans(json.as_bytes()).unwrap();
-        let mut report = validate(&mut request, u64::MAX);
+        let mut report = validate(&mut request, u64::MAX, &AttributeLimits::default());
         report.add_malformed(&notes);
         (
             report.num_accepted,
