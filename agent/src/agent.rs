@@ -86,6 +86,15 @@ pub(crate) struct Counters {
     pub(crate) reports_sent: AtomicU64,
 }
 
+impl Counters {
+    /// Counts the spans of a kept trace: those queued and those its buffer had no
+    /// room for.
+    pub(crate) fn record_kept(&self, num_kept: u64, num_dropped: u64) {
+        self.kept_spans.fetch_add(num_kept, Ordering::Relaxed);
+        self.dropped_spans.fetch_add(num_dropped, Ordering::Relaxed);
+    }
+}
+
 /// State shared by the application threads and the reporter.
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -197,12 +197,7 @@ impl CaracalSpanProcessor {
         drop(kept);
         shared
             .counters
-            .kept_spans
-            .fetch_add(num_spans as u64, Ordering::Relaxed);
-        shared
-            .counters
-            .dropped_spans
-            .fetch_add(num_unbuffered, Ordering::Relaxed);
+            .record_kept(num_spans as u64, num_unbuffered);
     }
 
     /// Decides traces pending for longer than `older_than`, keeping those to keep.

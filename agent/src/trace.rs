@@ -334,12 +334,7 @@ fn keep_trace(shared: &Shared, trace: &LocalTrace) {
     drop(kept);
     shared
         .counters
-        .kept_spans
-        .fetch_add(num_spans as u64, Ordering::Relaxed);
-    shared
-        .counters
-        .dropped_spans
-        .fetch_add(trace.num_unbuffered, Ordering::Relaxed);
+        .record_kept(num_spans as u64, trace.num_unbuffered);
 }
 
 pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {

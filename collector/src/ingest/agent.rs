@@ -97,13 +97,13 @@ impl AgentReportService {
     }
 
     /// Stores one report.
-    pub async fn store_report(&self, report: AgentReport) -> Result<ReportResponse, Status> {
+    pub async fn store_report(&self, mut report: AgentReport) -> Result<ReportResponse, Status> {
         if self.already_stored(&report) {
             return Ok(ReportResponse { stored: false });
         }
         if !report.kept_spans.is_empty() {
             let spans = ExportTraceServiceRequest {
-                resource_spans: report.kept_spans.clone(),
+                resource_spans: std::mem::take(&mut report.kept_spans),
             };
             self.ingest
                 .export_spans(DEFAULT_TENANT, spans, DecodeNotes::default(), false)

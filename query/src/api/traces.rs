@@ -19,7 +19,6 @@ use caracal_model::{
     span::{SpanKind, StatusCode},
 };
 use caracal_store::{reader::TraceQuery, rows::StoredTraceSpan};
-use prost::Message as _;
 
 /// Service name of a resource without one, as the OpenTelemetry SDKs name it.
 const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -248,18 +247,16 @@ fn service_name(resource: Option<&Resource>) -> &str {
 fn trace_view(trace_id: [u8; 16], blobs: Vec<ResourceSpans>) -> TraceView {
     let trace_hex = TraceId(trace_id).to_hex();
     let mut processes = serde_json::Map::new();
-    let mut process_ids: HashMap<Vec<u8>, String> = HashMap::new();
+    // One process per distinct resource; a trace has a handful, so a linear search
+    // by equality is cheaper than hashing every span's resource.
+    let mut known: Vec<(Option<&Resource>, String)> = Vec::new();
     let mut views = Vec::with_capacity(blobs.len());
     for blob in &blobs {
         let resource = blob.resource.as_ref();
-        // Spans of one process share their resource, byte for byte.
-        let process_key = resource
-            .map(|resource| resource.encode_to_vec())
-            .unwrap_or_default();
-        let next_id = format!("p{}", process_ids.len() + 1);
-        let process_id = process_ids
-            .entry(process_key)
-            .or_insert_with(|| {
+        let process_id = match known.iter().find(|(seen, _)| *seen == resource) {
+            Some((_, id)) => id.clone(),
+            None => {
+                let id = format!("p{}", known.len() + 1);
                 let process_tags: Vec<Value> = resource
                     .map(|resource| resource.attributes.as_slice())
                     .unwrap_or_default()
@@ -268,12 +265,13 @@ fn trace_view(trace_id: [u8; 16], blobs: Vec<ResourceSpans>) -> TraceView {
                     .map(attribute_tag)
                     .collect();
                 processes.insert(
-                    next_id.clone(),
+                    id.clone(),
                     json!({"serviceName": service_name(resource), "tags": process_tags}),
                 );
-                next_id
-            })
-            .clone();
+                known.push((resource, id.clone()));
+                id
+            }
+        };
         for scope_spans in &blob.scope_spans {
             for span in &scope_spans.spans {
                 views.push(span_view(
