@@ -1,8 +1,10 @@
 //! The collector's configuration.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::sink::spool::FsyncPolicy;
 
 /// Default OTLP/gRPC address.
 pub const DEFAULT_OTLP_GRPC_ADDR: &str = "127.0.0.1:4317";
@@ -10,6 +12,8 @@ pub const DEFAULT_OTLP_GRPC_ADDR: &str = "127.0.0.1:4317";
 pub const DEFAULT_OTLP_HTTP_ADDR: &str = "127.0.0.1:4318";
 /// Default Zipkin address.
 pub const DEFAULT_ZIPKIN_ADDR: &str = "127.0.0.1:9411";
+/// Default spool directory, relative to the working directory.
+pub const DEFAULT_SPOOL_DIR: &str = ".caracal/spool";
 /// Default largest accepted request body, after decompression: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
@@ -44,6 +48,23 @@ pub struct CollectorConfig {
     pub max_attribute_key_bytes: usize,
     /// Longest string or bytes attribute value; longer values are cut and marked.
     pub max_attribute_value_bytes: usize,
+    /// Most spans in one request; larger requests are refused (413 / RESOURCE_EXHAUSTED).
+    pub max_spans_per_request: usize,
+    /// Bound on accepted requests held in memory (queued, batched or being inserted),
+    /// counted as their protobuf size; beyond it new requests are refused as
+    /// retryable. Decoded spans take about three times their protobuf size.
+    pub max_memory_bytes: u64,
+    /// Where batches ClickHouse does not take are kept until it does
+    /// (`CARACAL_SPOOL_DIR`); without one, such batches fail their requests with a
+    /// retryable error.
+    pub spool_dir: Option<PathBuf>,
+    /// Bound on the spool's size; when full, requests are refused as retryable.
+    pub spool_max_bytes: u64,
+    /// When spooled batches are forced to disk: `always` (before acknowledging) or
+    /// `never` (left to the OS).
+    pub spool_fsync: FsyncPolicy,
+    /// An insert that takes longer fails (and its batch is spooled), in milliseconds.
+    pub insert_timeout_ms: u64,
 }
 
 impl Default for CollectorConfig {
@@ -62,6 +83,12 @@ impl Default for CollectorConfig {
             max_attributes_per_span: 128,
             max_attribute_key_bytes: 256,
             max_attribute_value_bytes: 16 * 1024,
+            max_spans_per_request: 100_000,
+            max_memory_bytes: 256 * 1024 * 1024,
+            spool_dir: Some(PathBuf::from(DEFAULT_SPOOL_DIR)),
+            spool_max_bytes: 1024 * 1024 * 1024,
+            spool_fsync: FsyncPolicy::Always,
+            insert_timeout_ms: 30_000,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Errors a receiver reports to its client, mapped once to gRPC and HTTP.
 
 /// Why a whole request was not accepted.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
     /// The body could not be decoded.
@@ -18,9 +18,20 @@ pub enum IngestError {
     /// The content type or encoding is not supported.
     #[error("unsupported media: {0}")]
     UnsupportedMedia(String),
-    /// The writer queue is full: retry later.
+    /// The request holds more spans than the configured limit.
+    #[error("request of {count} spans exceeds the limit of {limit} spans per request")]
+    TooManySpans {
+        /// Spans in the request.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The writer queue or the memory bound is full: retry later.
     #[error("collector overloaded, retry later")]
     Overloaded,
+    /// ClickHouse is not taking data and the spool is full: retry later.
+    #[error("spool full while storage is unavailable, retry later")]
+    SpoolFull,
     /// ClickHouse did not take the data: retry later.
     #[error("storage unavailable, retry later")]
     StorageUnavailable,
@@ -38,8 +49,10 @@ impl IngestError {
         match self {
             Self::Malformed(_) => "malformed",
             Self::TooLarge { .. } => "too_large",
+            Self::TooManySpans { .. } => "too_many_spans",
             Self::UnsupportedMedia(_) => "unsupported_media",
             Self::Overloaded => "overloaded",
+            Self::SpoolFull => "spool_full",
             Self::StorageUnavailable => "storage_unavailable",
             Self::ShuttingDown => "shutting_down",
         }
@@ -49,20 +62,28 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Overloaded | Self::StorageUnavailable | Self::ShuttingDown
+            Self::Overloaded | Self::SpoolFull | Self::StorageUnavailable | Self::ShuttingDown
         )
     }
 
-    /// The gRPC status.
+    /// The gRPC status; retryable ones carry a `google.rpc.RetryInfo` detail saying
+    /// when to retry, which OTLP exporters honour.
     pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
         let message = self.to_string();
-        match self {
-            Self::Malformed(_) => tonic::Status::invalid_argument(message),
-            Self::TooLarge { .. } => tonic::Status::resource_exhausted(message),
-            Self::UnsupportedMedia(_) => tonic::Status::invalid_argument(message),
-            Self::Overloaded => tonic::Status::resource_exhausted(message),
-            Self::StorageUnavailable | Self::ShuttingDown => tonic::Status::unavailable(message),
+        let code = match self {
+            Self::Malformed(_) | Self::UnsupportedMedia(_) => Code::InvalidArgument,
+            Self::TooLarge { .. } | Self::TooManySpans { .. } => Code::ResourceExhausted,
+            Self::Overloaded | Self::SpoolFull => Code::ResourceExhausted,
+            Self::StorageUnavailable | Self::ShuttingDown => Code::Unavailable,
+        };
+        if !self.is_retryable() {
+            return tonic::Status::new(code, message);
         }
+        let details = tonic_types::ErrorDetails::with_retry_info(Some(
+            std::time::Duration::from_secs(RETRY_AFTER_SECONDS),
+        ));
+        <tonic::Status as tonic_types::StatusExt>::with_error_details(code, message, details)
     }
 
     /// The HTTP status.
@@ -70,9 +91,9 @@ impl IngestError {
         use axum::http::StatusCode;
         match self {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::TooManySpans { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::SpoolFull => StatusCode::TOO_MANY_REQUESTS,
             Self::StorageUnavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

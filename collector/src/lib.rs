@@ -12,7 +12,8 @@
 //! - [`metrics`]: [`CollectorMetrics`], the collector's own metrics, and `GET /metrics`.
 //!
 //! **Architecture invariant:** a request is acknowledged only after its spans are in
-//! ClickHouse; a failed insert fails the requests it held with a retryable error.
+//! ClickHouse or in the durable spool; a batch neither takes fails its requests with a
+//! retryable error.
 //!
 //! **Architecture invariant:** one bad span never costs the good spans of its request;
 //! rejections are reported through OTLP `partial_success`.
@@ -55,7 +56,8 @@ pub async fn run(
     metrics: CollectorMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (ingest, writer) = sink::start(store.clone(), &config, metrics);
+    let (ingest, writer) =
+        sink::start(store.clone(), &config, metrics).map_err(std::io::Error::other)?;
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let wait_stop = move || {
         let mut receiver = stop_receiver.clone();

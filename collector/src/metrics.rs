@@ -145,7 +145,16 @@ struct Handles {
     batch_rows: Histogram,
     queue_depth: Gauge,
     inserts_in_flight: Gauge,
+    spooled_spans: Counter,
+    replayed_spans: Counter,
+    /// Indexed like [`SPOOL_ERRORS`].
+    spool_errors: Vec<Counter>,
+    spool_bytes: Gauge,
+    spool_batches: Gauge,
 }
+
+/// Spool troubles, as the `reason` label of `caracal_spool_errors_total` names them.
+pub const SPOOL_ERRORS: [&str; 3] = ["full", "io", "corrupt"];
 
 /// One handle per label value of `family`, resolved up front, so every series shows (at
 /// 0) from the first scrape and updates take no lock.
@@ -273,6 +282,42 @@ impl CollectorMetrics {
             "Span inserts being finished by ClickHouse",
             inserts_in_flight.clone(),
         );
+        let spooled_spans = Counter::default();
+        registry.register_with_unit(
+            "spooled",
+            "Spans written to the spool because ClickHouse did not take them (or while the spool held older spans)",
+            Unit::Other("spans".into()),
+            spooled_spans.clone(),
+        );
+        let replayed_spans = Counter::default();
+        registry.register_with_unit(
+            "replayed",
+            "Spooled spans inserted into ClickHouse",
+            Unit::Other("spans".into()),
+            replayed_spans.clone(),
+        );
+        let spool_errors_family = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "spool_errors",
+            "Batches the spool could not take (full, io) or gave back damaged (corrupt)",
+            spool_errors_family.clone(),
+        );
+        let spool_errors = labelled(&spool_errors_family, &SPOOL_ERRORS, |reason| ReasonLabels {
+            reason,
+        });
+        let spool_bytes = Gauge::default();
+        registry.register_with_unit(
+            "spool",
+            "Bytes of batches waiting in the spool",
+            Unit::Bytes,
+            spool_bytes.clone(),
+        );
+        let spool_batches = Gauge::default();
+        registry.register(
+            "spool_batches",
+            "Batches waiting in the spool",
+            spool_batches.clone(),
+        );
         Self {
             inner: Arc::new(Handles {
                 registry,
@@ -287,6 +332,11 @@ impl CollectorMetrics {
                 batch_rows,
                 queue_depth,
                 inserts_in_flight,
+                spooled_spans,
+                replayed_spans,
+                spool_errors,
+                spool_bytes,
+                spool_batches,
             }),
         }
     }
@@ -373,6 +423,33 @@ impl CollectorMetrics {
         if let Some(counter) = counter_for(&self.inner.insert_errors, &InsertTable::ALL, &table) {
             counter.inc();
         }
+    }
+
+    /// Counts spans written to the spool.
+    pub fn record_spooled(&self, num_spans: u64) {
+        self.inner.spooled_spans.inc_by(num_spans);
+    }
+
+    /// Counts spooled spans ClickHouse took.
+    pub fn record_replayed(&self, num_spans: u64) {
+        self.inner.replayed_spans.inc_by(num_spans);
+    }
+
+    /// Counts a spool trouble, `reason` one of [`SPOOL_ERRORS`].
+    pub fn record_spool_error(&self, reason: &'static str) {
+        if let Some(counter) = counter_for(&self.inner.spool_errors, &SPOOL_ERRORS, &reason) {
+            counter.inc();
+        }
+    }
+
+    /// Sets the spool's size.
+    pub fn set_spool_size(&self, bytes: u64, num_batches: usize) {
+        self.inner
+            .spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.inner
+            .spool_batches
+            .set(i64::try_from(num_batches).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of span inserts in flight.

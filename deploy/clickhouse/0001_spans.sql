@@ -1,4 +1,7 @@
 -- Every span with every OTLP field, ordered for search by service, operation and time.
+-- The key ends with the span's identity, so copies of one span (a spool replay of a
+-- batch ClickHouse had stored after all, a client's retry) collapse when parts merge:
+-- searches return trace ids and are not affected by a copy in between.
 -- Attributes are parallel arrays: key, value as text (what tag search compares) and
 -- value type (see caracal_model::attributes::ValueType).
 -- Event and link attributes are flattened, with *_attr_index naming their event or link.
@@ -49,6 +52,6 @@ CREATE TABLE IF NOT EXISTS ${database}.spans
     link_attr_types Array(UInt8),
     dropped_links_count UInt32
 )
-ENGINE = MergeTree
+ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(start)
-ORDER BY (tenant, service_name, name, start);
+ORDER BY (tenant, service_name, name, start, trace_id, span_id, kind);

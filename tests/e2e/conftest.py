@@ -112,10 +112,18 @@ def caracal_binary() -> Path:
     return binary
 
 
-def start_caracal(database: str, log_path: Path, clickhouse_url: str) -> Caracal:
+def start_caracal(
+    database: str,
+    log_path: Path,
+    clickhouse_url: str,
+    spool_dir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Caracal:
+    """`caracal up` on free ports; the spool defaults to a folder beside the log."""
     addrs = {name: free_addr() for name in ("grpc", "http", "query", "zipkin")}
     env = {
         **os.environ,
+        "CARACAL_SPOOL_DIR": str(spool_dir or log_path.parent / "spool"),
         "CARACAL_CLICKHOUSE_URL": clickhouse_url,
         "CARACAL_CLICKHOUSE_DATABASE": database,
         "CARACAL_OTLP_GRPC_ADDR": addrs["grpc"],
@@ -124,6 +132,7 @@ def start_caracal(database: str, log_path: Path, clickhouse_url: str) -> Caracal
         "CARACAL_ZIPKIN_ADDR": addrs["zipkin"],
         "CARACAL_LOG": os.environ.get("CARACAL_LOG", "info"),
         "NO_COLOR": "1",
+        **(extra_env or {}),
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

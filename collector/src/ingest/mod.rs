@@ -18,21 +18,46 @@ pub mod otlp_http;
 pub mod validate;
 pub mod zipkin;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest,
 };
-use tokio::sync::{mpsc, oneshot};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use self::validate::DecodeNotes;
-use crate::{metrics::CollectorMetrics, IngestError};
+use crate::{metrics::CollectorMetrics, sink::spool::SpoolUsage, IngestError};
 
 /// Tenant that owns data when no tokens are configured.
 pub const DEFAULT_TENANT: &str = "default";
 
 /// How long a request may wait for room in the writer queue before it is refused.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The memory bound is counted in units of this many bytes.
+const MEMORY_UNIT_BYTES: u64 = 1024;
+
+/// A request's share of the memory bound, held until it is answered.
+pub type MemoryPermit = OwnedSemaphorePermit;
+
+/// What the ingest path checks before handing a request to the writer.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Spans starting further in the future are refused.
+    pub max_future_skew: Duration,
+    /// Attribute count and length limits.
+    pub attribute_limits: validate::AttributeLimits,
+    /// Larger requests are refused.
+    pub max_spans_per_request: usize,
+    /// Bound on the protobuf size of requests held by the writer.
+    pub max_memory_bytes: u64,
+    /// The spool's size, when there is one: requests are refused while it is full.
+    pub spool: Option<SpoolUsage>,
+}
 
 /// A validated request on its way to the writer.
 #[derive(Debug)]
@@ -48,6 +73,8 @@ pub struct WriteRequest {
     pub count_in_aggregates: bool,
     /// Told once the spans are stored (or not).
     pub ack: oneshot::Sender<Result<(), IngestError>>,
+    /// The request's share of the memory bound.
+    pub permit: MemoryPermit,
 }
 
 /// What happened to an accepted request (also the body of Zipkin's `202 Accepted`).
@@ -76,8 +103,10 @@ impl ExportOutcome {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<WriteRequest>,
-    max_future_skew: Duration,
-    attribute_limits: validate::AttributeLimits,
+    settings: Arc<IngestSettings>,
+    /// Units of the memory bound not held by any request.
+    memory: Arc<Semaphore>,
+    memory_units: u32,
     metrics: CollectorMetrics,
 }
 
@@ -85,15 +114,33 @@ impl Ingest {
     /// An ingest path feeding `queue`, counting in `metrics`.
     pub fn new(
         queue: mpsc::Sender<WriteRequest>,
-        max_future_skew: Duration,
-        attribute_limits: validate::AttributeLimits,
+        settings: IngestSettings,
         metrics: CollectorMetrics,
     ) -> Self {
+        let memory_units = (settings.max_memory_bytes / MEMORY_UNIT_BYTES)
+            .clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Self {
             queue,
-            max_future_skew,
-            attribute_limits,
+            settings: Arc::new(settings),
+            memory: Arc::new(Semaphore::new(memory_units as usize)),
+            memory_units,
             metrics,
+        }
+    }
+
+    /// Reserves `request`'s share of the memory bound, waiting a little for room.
+    async fn reserve_memory(
+        &self,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<MemoryPermit, IngestError> {
+        let units = (request.encoded_len() as u64).div_ceil(MEMORY_UNIT_BYTES);
+        // A request larger than the whole bound waits for all of it.
+        let units = units.clamp(1, u64::from(self.memory_units)) as u32;
+        let acquire = self.memory.clone().acquire_many_owned(units);
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(IngestError::ShuttingDown),
+            Err(_elapsed) => Err(IngestError::Overloaded),
         }
     }
 
@@ -121,11 +168,27 @@ impl Ingest {
         notes: DecodeNotes,
         count_in_aggregates: bool,
     ) -> Result<ExportOutcome, IngestError> {
+        let num_spans = count_spans(&request);
+        if num_spans > self.settings.max_spans_per_request {
+            return Err(IngestError::TooManySpans {
+                count: num_spans,
+                limit: self.settings.max_spans_per_request,
+            });
+        }
+        if self
+            .settings
+            .spool
+            .as_ref()
+            .is_some_and(SpoolUsage::is_full)
+        {
+            return Err(IngestError::SpoolFull);
+        }
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-        let max_start_ns = now_ns.saturating_add(self.max_future_skew.as_nanos() as u64);
-        let mut report = validate::validate(&mut request, max_start_ns, &self.attribute_limits);
+        let max_start_ns = now_ns.saturating_add(self.settings.max_future_skew.as_nanos() as u64);
+        let mut report =
+            validate::validate(&mut request, max_start_ns, &self.settings.attribute_limits);
         report.add_malformed(&notes);
         self.metrics
             .record_validated(report.num_accepted as u64, &report.rejected);
@@ -137,6 +200,7 @@ impl Ingest {
         if report.num_accepted == 0 {
             return Ok(outcome);
         }
+        let permit = self.reserve_memory(&request).await?;
         let (ack, stored) = oneshot::channel();
         let write = WriteRequest {
             tenant: tenant.to_owned(),
@@ -144,6 +208,7 @@ impl Ingest {
             num_spans: report.num_accepted,
             count_in_aggregates,
             ack,
+            permit,
         };
         // Counted before sending, so the writer's decrement never comes first.
         self.metrics.queue_entered();
@@ -165,4 +230,14 @@ impl Ingest {
             Err(_dropped) => Err(IngestError::ShuttingDown),
         }
     }
+}
+
+/// Spans in a request.
+pub fn count_spans(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|resource_spans| &resource_spans.scope_spans)
+        .map(|scope_spans| scope_spans.spans.len())
+        .sum()
 }

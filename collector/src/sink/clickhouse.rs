@@ -1,13 +1,20 @@
 //! The batch writer task.
 //!
-//! It owns the current `spans` and `spans_by_trace` inserters and writes each request's
-//! spans into both (flattened rows for search, span blobs for trace by id). When the
-//! batch is full (rows, bytes) or old enough (period), the inserter is handed to a
+//! It owns the current [`Batch`]: a `spans` and a `spans_by_trace` inserter that each
+//! request's spans are written into (flattened rows for search, span blobs for trace by
+//! id). When the batch is full (rows, bytes) or old enough (period), it is handed to a
 //! background task that ends the insert, and a fresh one takes new requests, so
 //! serializing the next batch overlaps with ClickHouse storing the previous one (at most
-//! [`MAX_INSERTS_IN_FLIGHT`]). The requests of a batch are acknowledged once ClickHouse
-//! has accepted it; its aggregates are applied only then, and written to the aggregate
-//! input tables on their own period.
+//! [`MAX_INSERTS_IN_FLIGHT`]). A batch's aggregates are applied only once ClickHouse
+//! has its spans, and written to the aggregate input tables on their own period.
+//!
+//! With a [`Spool`], a batch ClickHouse does not take (error or timeout) is written to
+//! the spool, and its requests are acknowledged once it is there. While the spool holds
+//! anything, new batches go straight to the spool behind it (keeping the order), and
+//! the writer replays the oldest spooled batches, one insert at a time, backing off
+//! while ClickHouse still fails. Replayed spans go through the same flattening and
+//! aggregation as direct ones. Without a spool, a failed batch fails its requests with
+//! a retryable error and the clients' retries are the durability.
 //!
 //! Metrics are updated per request taken from the queue and per batch: batch size when
 //! a batch is cut, insert duration and rows (or an error) when it is finished.
@@ -29,10 +36,13 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::flatten::{remote_target, Flattener};
+use super::{
+    flatten::{remote_target, Flattener},
+    spool::{Spool, SpoolError, SpoolFile, SpooledRequest},
+};
 use crate::{
     aggregate::{Aggregator, SpanSample},
-    ingest::WriteRequest,
+    ingest::{count_spans, MemoryPermit, WriteRequest},
     metrics::{CollectorMetrics, InsertTable},
     CollectorConfig, IngestError,
 };
@@ -43,35 +53,70 @@ const MAX_RETAINED_AGGREGATE_ROWS: usize = 1_000_000;
 /// Inserts being finished in the background while the next batch fills.
 pub const MAX_INSERTS_IN_FLIGHT: usize = 2;
 
+/// First wait before replaying again after a failed replay; doubles up to the maximum.
+const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 type Ack = oneshot::Sender<Result<(), IngestError>>;
 
-/// A finished insert and the requests riding on it.
+/// One insert into `spans` and `spans_by_trace`, and what rides on it.
+struct Batch {
+    spans: Inserter<SpanRow<'static>>,
+    traces: Inserter<TraceSpanRow<'static>>,
+    riders: Riders,
+}
+
+/// What rides on a batch's insert.
+#[derive(Default)]
+struct Riders {
+    /// Whether the batch goes to ClickHouse; a batch started while the spool holds
+    /// data goes to the spool behind it, without rows.
+    direct: bool,
+    acks: Vec<Ack>,
+    /// The requests' share of the memory bound, released once they are answered.
+    permits: Vec<MemoryPermit>,
+    /// Aggregate samples, applied once the spans are stored.
+    samples: Vec<SpanSample>,
+    /// The requests, kept (when there is a spool) to be spooled if ClickHouse fails.
+    requests: Vec<SpooledRequest>,
+    /// Spooled batches this insert replays; deleted once it is stored.
+    replayed: Vec<SpoolFile>,
+    num_spans: u64,
+}
+
+impl Riders {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.replayed.is_empty()
+    }
+}
+
+/// A finished insert and what rode on it.
 struct InsertOutcome {
     /// Span rows stored, or why not.
     result: Result<u64, caracal_store::clickhouse::error::Error>,
     /// From cutting the batch to ClickHouse's answer.
     elapsed: Duration,
-    acks: Vec<Ack>,
-    samples: Vec<SpanSample>,
+    riders: Riders,
 }
 
 /// The writer task's state.
 pub struct Writer {
     store: Store,
-    inserter: Inserter<SpanRow<'static>>,
-    /// The same batch as span blobs for `spans_by_trace`.
-    trace_inserter: Inserter<TraceSpanRow<'static>>,
+    batch: Batch,
     blobs: SpanBlobEncoder,
     max_rows: u64,
     max_bytes: u64,
     period: Duration,
+    insert_timeout: Duration,
     aggregate_period: Duration,
-    /// Requests whose rows are in the current insert.
-    pending_acks: Vec<Ack>,
     /// Inserts being ended in the background.
     in_flight: JoinSet<InsertOutcome>,
-    /// Samples of the current insert, applied on success.
-    pending_samples: Vec<SpanSample>,
+    spool: Option<Spool>,
+    /// Whether a replay insert is in flight.
+    replaying: bool,
+    /// When the next replay may start, and the wait after the next failure.
+    replay_at: tokio::time::Instant,
+    replay_backoff: Duration,
     aggregator: Aggregator,
     unsent_metrics: Vec<SpanMetricsRow>,
     unsent_edges: Vec<DependencyRow>,
@@ -87,7 +132,8 @@ impl std::fmt::Debug for Writer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Writer")
-            .field("pending_requests", &self.pending_acks.len())
+            .field("pending_requests", &self.batch.riders.acks.len())
+            .field("spool", &self.spool)
             .finish_non_exhaustive()
     }
 }
@@ -97,46 +143,84 @@ fn span_id_number(bytes: &[u8]) -> u64 {
 }
 
 impl Writer {
-    /// A writer for `store`, counting in `metrics`.
-    pub fn new(store: Store, config: &CollectorConfig, metrics: CollectorMetrics) -> Self {
+    /// A writer for `store`, spooling to `spool` when ClickHouse fails, counting in
+    /// `metrics`.
+    pub fn new(
+        store: Store,
+        config: &CollectorConfig,
+        spool: Option<Spool>,
+        metrics: CollectorMetrics,
+    ) -> Self {
         let period = Duration::from_millis(config.batch_period_ms.max(1));
         let mut writer = Self {
-            inserter: new_inserter(
-                &store,
-                config.batch_max_rows,
-                config.batch_max_bytes,
-                period,
-            ),
-            trace_inserter: new_trace_inserter(&store),
+            batch: Batch {
+                spans: store.client().inserter("spans"),
+                traces: store.client().inserter("spans_by_trace"),
+                riders: Riders::default(),
+            },
             blobs: SpanBlobEncoder::default(),
             store,
             max_rows: config.batch_max_rows,
             max_bytes: config.batch_max_bytes,
             period,
+            insert_timeout: Duration::from_millis(config.insert_timeout_ms.max(1)),
             aggregate_period: Duration::from_millis(config.aggregate_flush_ms.max(100)),
-            pending_acks: Vec::new(),
             in_flight: JoinSet::new(),
-            pending_samples: Vec::new(),
+            spool,
+            replaying: false,
+            replay_at: tokio::time::Instant::now(),
+            replay_backoff: REPLAY_BACKOFF_MIN,
             aggregator: Aggregator::default(),
             unsent_metrics: Vec::new(),
             unsent_edges: Vec::new(),
             aggregate_flush: None,
             metrics,
         };
-        writer.pending_samples.reserve(1024);
+        writer.batch = writer.new_batch(true);
+        writer.publish_spool_size();
         writer
     }
 
-    /// Runs until every sender is dropped, then commits and flushes what it holds.
+    fn new_batch(&self, direct: bool) -> Batch {
+        let timeouts = (Some(self.insert_timeout), Some(self.insert_timeout));
+        Batch {
+            spans: self
+                .store
+                .client()
+                .inserter::<SpanRow<'static>>("spans")
+                .with_max_rows(self.max_rows)
+                .with_max_bytes(self.max_bytes)
+                .with_period(Some(self.period))
+                .with_timeouts(timeouts.0, timeouts.1),
+            traces: self
+                .store
+                .client()
+                .inserter::<TraceSpanRow<'static>>("spans_by_trace")
+                .with_timeouts(timeouts.0, timeouts.1),
+            riders: Riders {
+                direct,
+                samples: Vec::with_capacity(if direct { 1024 } else { 0 }),
+                ..Riders::default()
+            },
+        }
+    }
+
+    fn spool_is_empty(&self) -> bool {
+        self.spool.as_ref().is_none_or(Spool::is_empty)
+    }
+
+    /// Runs until every sender is dropped, then commits and flushes what it holds;
+    /// what ClickHouse does not take then stays in the spool for the next start.
     pub async fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
         let mut aggregate_tick = tokio::time::interval(self.aggregate_period);
         aggregate_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let time_left = self.inserter.time_left().unwrap_or(self.period);
+            let time_left = self.batch.spans.time_left().unwrap_or(self.period);
+            let replay_wanted = !self.replaying && !self.spool_is_empty();
             tokio::select! {
                 biased;
                 Some(finished) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.finish(finished);
+                    self.finish(finished).await;
                 }
                 message = requests.recv() => match message {
                     Some(request) => {
@@ -148,47 +232,66 @@ impl Writer {
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep(time_left), if !self.pending_acks.is_empty() => {
+                _ = tokio::time::sleep(time_left), if !self.batch.riders.is_empty() => {
                     self.send_batch().await;
+                }
+                _ = tokio::time::sleep_until(self.replay_at), if replay_wanted => {
+                    self.replay().await;
                 }
                 _ = aggregate_tick.tick() => self.flush_aggregates(false).await,
             }
         }
         self.send_batch().await;
         while let Some(finished) = self.in_flight.join_next().await {
-            self.finish(finished);
+            self.finish(finished).await;
         }
         self.flush_aggregates(true).await;
     }
 
     fn batch_is_due(&mut self) -> bool {
-        let pending = self.inserter.pending();
+        let pending = self.batch.spans.pending();
         pending.rows >= self.max_rows
             || pending.bytes >= self.max_bytes
-            || self.inserter.time_left().is_some_and(|left| left.is_zero())
+            || self
+                .batch
+                .spans
+                .time_left()
+                .is_some_and(|left| left.is_zero())
     }
 
-    /// Hands the current insert to a background task and starts a new one.
+    /// Hands the current batch to ClickHouse (a background insert) or to the spool, and
+    /// starts a new one.
     async fn send_batch(&mut self) {
-        if self.pending_acks.is_empty() {
+        if self.batch.riders.is_empty() {
             return;
         }
+        let direct = self.spool_is_empty();
+        let fresh = self.new_batch(direct);
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        if batch.riders.direct {
+            self.insert(batch).await;
+        } else {
+            self.spool_batch(batch.riders).await;
+        }
+    }
+
+    /// Ends `batch`'s insert in the background.
+    async fn insert(&mut self, batch: Batch) {
         while self.in_flight.len() >= MAX_INSERTS_IN_FLIGHT {
             match self.in_flight.join_next().await {
-                Some(finished) => self.finish(finished),
+                Some(finished) => self.finish(finished).await,
                 None => break,
             }
         }
-        let fresh = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
-        let inserter = std::mem::replace(&mut self.inserter, fresh);
-        let trace_inserter =
-            std::mem::replace(&mut self.trace_inserter, new_trace_inserter(&self.store));
-        let acks = std::mem::take(&mut self.pending_acks);
-        let samples = std::mem::replace(&mut self.pending_samples, Vec::with_capacity(1024));
-        self.metrics.record_batch(inserter.pending().rows);
+        self.metrics.record_batch(batch.spans.pending().rows);
+        let Batch {
+            spans,
+            traces,
+            riders,
+        } = batch;
         self.in_flight.spawn(async move {
             let started = Instant::now();
-            let (spans, traces) = tokio::join!(inserter.end(), trace_inserter.end());
+            let (spans, traces) = tokio::join!(spans.end(), traces.end());
             let result = match (spans, traces) {
                 (Ok(quantities), Ok(_)) => Ok(quantities.rows),
                 (Err(error), _) | (_, Err(error)) => Err(error),
@@ -196,15 +299,15 @@ impl Writer {
             InsertOutcome {
                 result,
                 elapsed: started.elapsed(),
-                acks,
-                samples,
+                riders,
             }
         });
         self.metrics.set_inserts_in_flight(self.in_flight.len());
     }
 
-    /// Acknowledges the requests of a finished insert and counts its spans.
-    fn finish(&mut self, finished: Result<InsertOutcome, tokio::task::JoinError>) {
+    /// Acknowledges the requests of a finished insert and counts its spans, or spools
+    /// them if ClickHouse did not take them.
+    async fn finish(&mut self, finished: Result<InsertOutcome, tokio::task::JoinError>) {
         self.metrics.set_inserts_in_flight(self.in_flight.len());
         let Ok(outcome) = finished else {
             tracing::error!("insert task failed");
@@ -212,22 +315,140 @@ impl Writer {
         };
         let stored_rows = outcome.result.as_ref().ok().copied();
         self.metrics.record_insert(outcome.elapsed, stored_rows);
+        let mut riders = outcome.riders;
+        let is_replay = !riders.replayed.is_empty();
         match outcome.result {
             Ok(_rows) => {
-                for sample in &outcome.samples {
+                for sample in &riders.samples {
                     self.aggregator.apply(sample);
                 }
-                for ack in outcome.acks {
+                for ack in riders.acks.drain(..) {
                     let _ = ack.send(Ok(()));
                 }
+                if is_replay {
+                    self.finish_replay(&riders).await;
+                }
+            }
+            Err(error) if is_replay => {
+                tracing::warn!(%error, retry_in = ?self.replay_backoff, "cannot replay spooled spans into clickhouse");
+                self.replaying = false;
+                self.back_off_replay();
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot insert spans into clickhouse");
-                for ack in outcome.acks {
-                    let _ = ack.send(Err(IngestError::StorageUnavailable));
+                self.spool_batch(riders).await;
+            }
+        }
+    }
+
+    async fn finish_replay(&mut self, riders: &Riders) {
+        self.replaying = false;
+        self.replay_backoff = REPLAY_BACKOFF_MIN;
+        self.metrics.record_replayed(riders.num_spans);
+        if let Some(spool) = self.spool.as_mut() {
+            if let Err(error) = spool.remove(&riders.replayed).await {
+                tracing::error!(%error, "cannot delete replayed spool batches");
+            }
+        }
+        self.publish_spool_size();
+    }
+
+    fn back_off_replay(&mut self) {
+        self.replay_at = tokio::time::Instant::now() + self.replay_backoff;
+        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_BACKOFF_MAX);
+    }
+
+    /// Writes a batch ClickHouse did not take (or that queued behind the spool) to the
+    /// spool and acknowledges its requests, or fails them if there is no room.
+    async fn spool_batch(&mut self, mut riders: Riders) {
+        let Some(spool) = self.spool.as_mut() else {
+            for ack in riders.acks.drain(..) {
+                let _ = ack.send(Err(IngestError::StorageUnavailable));
+            }
+            return;
+        };
+        let num_requests = riders.requests.len();
+        let outcome = match spool.append(&riders.requests).await {
+            Ok(file) => {
+                tracing::debug!(
+                    sequence = file.sequence,
+                    bytes = file.bytes,
+                    num_requests,
+                    "spooled batch"
+                );
+                self.metrics.record_spooled(riders.num_spans);
+                Ok(())
+            }
+            Err(error @ SpoolError::Full { .. }) => {
+                tracing::warn!(%error, "refusing spans");
+                self.metrics.record_spool_error("full");
+                Err(IngestError::SpoolFull)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot spool spans");
+                self.metrics.record_spool_error("io");
+                Err(IngestError::StorageUnavailable)
+            }
+        };
+        for ack in riders.acks.drain(..) {
+            let _ = ack.send(outcome.clone());
+        }
+        self.publish_spool_size();
+    }
+
+    fn publish_spool_size(&self) {
+        if let Some(spool) = &self.spool {
+            self.metrics
+                .set_spool_size(spool.usage().bytes(), spool.len());
+        }
+    }
+
+    /// Starts inserting the oldest spooled batches, as one insert.
+    async fn replay(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        let files = spool.oldest(self.max_bytes);
+        let mut requests = Vec::new();
+        let mut readable = Vec::new();
+        for file in files {
+            match spool.read(file).await {
+                Ok(batch) => {
+                    requests.extend(batch);
+                    readable.push(file);
+                }
+                Err(error @ SpoolError::Corrupt { .. }) => {
+                    tracing::error!(%error, "moving corrupt batch out of the spool");
+                    self.metrics.record_spool_error("corrupt");
+                    if let Err(error) = spool.quarantine(file).await {
+                        tracing::error!(%error, "cannot move corrupt spool batch");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot read spool batch");
+                    self.metrics.record_spool_error("io");
+                    break;
                 }
             }
         }
+        self.publish_spool_size();
+        if readable.is_empty() {
+            self.back_off_replay();
+            return;
+        }
+        let mut batch = self.new_batch(true);
+        batch.riders.replayed = readable;
+        for request in requests {
+            let written =
+                write_rows(&mut batch, &mut self.blobs, &mut self.aggregator, &request).await;
+            if let Err(error) = written {
+                tracing::warn!(%error, retry_in = ?self.replay_backoff, "cannot replay spooled spans into clickhouse");
+                self.back_off_replay();
+                return;
+            }
+        }
+        self.replaying = true;
+        self.insert(batch).await;
     }
 
     async fn write(&mut self, request: WriteRequest) {
@@ -236,75 +457,42 @@ impl Writer {
             request,
             ack,
             count_in_aggregates,
+            permit,
             ..
         } = request;
-        let tenant_id = self.aggregator.interner.intern(&tenant);
-        let mut flattener = Flattener::default();
-        let mut result = Ok(());
-        'outer: for resource_spans in &request.resource_spans {
-            flattener.set_resource(resource_spans);
-            self.blobs.set_resource(resource_spans);
-            let service = self.aggregator.interner.intern(flattener.service_name());
-            for scope_spans in &resource_spans.scope_spans {
-                flattener.set_scope(scope_spans.scope.as_ref());
-                self.blobs.set_scope(scope_spans);
-                for span in &scope_spans.spans {
-                    let row = flattener.row(&tenant, span);
-                    let trace_row = TraceSpanRow {
-                        tenant: &tenant,
-                        trace_id: row.trace_id,
-                        start: unix_seconds(span.start_time_unix_nano),
-                        start_ns: span.start_time_unix_nano,
-                        span: self.blobs.encode(span),
-                    };
-                    let written = match self.inserter.write(&row).await {
-                        Ok(()) => self.trace_inserter.write(&trace_row).await,
-                        Err(error) => Err(error),
-                    };
-                    if let Err(error) = written {
-                        result = Err(error);
-                        break 'outer;
-                    }
-                    if !count_in_aggregates {
-                        continue;
-                    }
-                    let interner = &mut self.aggregator.interner;
-                    self.pending_samples.push(SpanSample {
-                        tenant: tenant_id,
-                        service,
-                        operation: interner.intern(&span.name),
-                        kind: SpanKind::from_otlp(span.kind),
-                        status: StatusCode::from_otlp(
-                            span.status.as_ref().map_or(0, |status| status.code),
-                        ),
-                        start_ns: span.start_time_unix_nano,
-                        duration_ns: span
-                            .end_time_unix_nano
-                            .saturating_sub(span.start_time_unix_nano),
-                        span_id: span_id_number(&span.span_id),
-                        parent_span_id: span_id_number(&span.parent_span_id),
-                        remote: remote_target(span)
-                            .map(|(child_type, name)| (child_type, interner.intern(name))),
-                    });
-                }
-            }
+        if self.batch.riders.is_empty() {
+            self.batch.riders.direct = self.spool_is_empty();
         }
-        self.pending_acks.push(ack);
-        if let Err(error) = result {
+        let request = SpooledRequest {
+            tenant,
+            count_in_aggregates,
+            request,
+        };
+        let riders = &mut self.batch.riders;
+        riders.acks.push(ack);
+        riders.permits.push(permit);
+        if !riders.direct {
+            riders.num_spans += count_spans(&request.request) as u64;
+            riders.requests.push(request);
+            return;
+        }
+        let written = write_rows(
+            &mut self.batch,
+            &mut self.blobs,
+            &mut self.aggregator,
+            &request,
+        )
+        .await;
+        if self.spool.is_some() {
+            self.batch.riders.requests.push(request);
+        }
+        if let Err(error) = written {
             tracing::warn!(%error, "cannot write spans to clickhouse");
             self.metrics.record_insert_error(InsertTable::Spans);
-            self.fail_pending();
+            let fresh = self.new_batch(true);
+            let failed = std::mem::replace(&mut self.batch, fresh);
+            self.spool_batch(failed.riders).await;
         }
-    }
-
-    /// Fails every request of the current insert and starts a fresh one.
-    fn fail_pending(&mut self) {
-        for ack in self.pending_acks.drain(..) {
-            let _ = ack.send(Err(IngestError::StorageUnavailable));
-        }
-        self.pending_samples.clear();
-        self.inserter = new_inserter(&self.store, self.max_rows, self.max_bytes, self.period);
-        self.trace_inserter = new_trace_inserter(&self.store);
     }
 
     /// Drains the aggregator and writes its rows in the background, one flush at a
@@ -377,23 +565,58 @@ fn trim_oldest<T>(rows: &mut Vec<T>) {
     }
 }
 
-fn new_inserter(
-    store: &Store,
-    max_rows: u64,
-    max_bytes: u64,
-    period: Duration,
-) -> Inserter<SpanRow<'static>> {
-    store
-        .client()
-        .inserter::<SpanRow<'static>>("spans")
-        .with_max_rows(max_rows)
-        .with_max_bytes(max_bytes)
-        .with_period(Some(period))
-}
-
-/// The `spans_by_trace` inserter; its batches are cut together with the `spans` one.
-fn new_trace_inserter(store: &Store) -> Inserter<TraceSpanRow<'static>> {
-    store
-        .client()
-        .inserter::<TraceSpanRow<'static>>("spans_by_trace")
+/// Flattens one request's spans into `batch`'s rows and aggregate samples.
+async fn write_rows(
+    batch: &mut Batch,
+    blobs: &mut SpanBlobEncoder,
+    aggregator: &mut Aggregator,
+    spooled: &SpooledRequest,
+) -> Result<(), caracal_store::clickhouse::error::Error> {
+    let tenant = spooled.tenant.as_str();
+    let tenant_id = aggregator.interner.intern(tenant);
+    let mut flattener = Flattener::default();
+    for resource_spans in &spooled.request.resource_spans {
+        flattener.set_resource(resource_spans);
+        blobs.set_resource(resource_spans);
+        let service = aggregator.interner.intern(flattener.service_name());
+        for scope_spans in &resource_spans.scope_spans {
+            flattener.set_scope(scope_spans.scope.as_ref());
+            blobs.set_scope(scope_spans);
+            for span in &scope_spans.spans {
+                let row = flattener.row(tenant, span);
+                let trace_row = TraceSpanRow {
+                    tenant,
+                    trace_id: row.trace_id,
+                    start: unix_seconds(span.start_time_unix_nano),
+                    start_ns: span.start_time_unix_nano,
+                    span: blobs.encode(span),
+                };
+                batch.spans.write(&row).await?;
+                batch.traces.write(&trace_row).await?;
+                batch.riders.num_spans += 1;
+                if !spooled.count_in_aggregates {
+                    continue;
+                }
+                let interner = &mut aggregator.interner;
+                batch.riders.samples.push(SpanSample {
+                    tenant: tenant_id,
+                    service,
+                    operation: interner.intern(&span.name),
+                    kind: SpanKind::from_otlp(span.kind),
+                    status: StatusCode::from_otlp(
+                        span.status.as_ref().map_or(0, |status| status.code),
+                    ),
+                    start_ns: span.start_time_unix_nano,
+                    duration_ns: span
+                        .end_time_unix_nano
+                        .saturating_sub(span.start_time_unix_nano),
+                    span_id: span_id_number(&span.span_id),
+                    parent_span_id: span_id_number(&span.parent_span_id),
+                    remote: remote_target(span)
+                        .map(|(child_type, name)| (child_type, interner.intern(name))),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,13 +1,19 @@
-//! The writer: from validated requests to rows in ClickHouse.
+//! The writer: from validated requests to rows in ClickHouse, through the spool when
+//! ClickHouse cannot take them.
 
 pub mod clickhouse;
 pub mod flatten;
+pub mod spool;
 
 use std::time::Duration;
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::{ingest::Ingest, metrics::CollectorMetrics, CollectorConfig};
+use crate::{
+    ingest::{Ingest, IngestSettings},
+    metrics::CollectorMetrics,
+    CollectorConfig,
+};
 
 /// Starts the writer task; returns the ingest handle receivers use and the task, which
 /// ends (after a final flush) once every ingest handle is dropped.
@@ -15,15 +21,31 @@ pub fn start(
     store: caracal_store::Store,
     config: &CollectorConfig,
     metrics: CollectorMetrics,
-) -> (Ingest, JoinHandle<()>) {
+) -> Result<(Ingest, JoinHandle<()>), spool::SpoolError> {
+    let spool = config
+        .spool_dir
+        .as_ref()
+        .map(|dir| {
+            spool::Spool::open(&spool::SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: config.spool_max_bytes,
+                fsync: config.spool_fsync,
+            })
+        })
+        .transpose()?;
     let (queue, requests) = mpsc::channel(config.queue_capacity.max(1));
-    let max_future_skew = Duration::from_secs(config.max_future_skew_secs);
-    let limits = crate::ingest::validate::AttributeLimits {
-        max_attributes: config.max_attributes_per_span,
-        max_key_bytes: config.max_attribute_key_bytes,
-        max_value_bytes: config.max_attribute_value_bytes,
+    let settings = IngestSettings {
+        max_future_skew: Duration::from_secs(config.max_future_skew_secs),
+        attribute_limits: crate::ingest::validate::AttributeLimits {
+            max_attributes: config.max_attributes_per_span,
+            max_key_bytes: config.max_attribute_key_bytes,
+            max_value_bytes: config.max_attribute_value_bytes,
+        },
+        max_spans_per_request: config.max_spans_per_request,
+        max_memory_bytes: config.max_memory_bytes,
+        spool: spool.as_ref().map(spool::Spool::usage),
     };
-    let ingest = Ingest::new(queue, max_future_skew, limits, metrics.clone());
-    let writer = clickhouse::Writer::new(store, config, metrics);
-    (ingest, tokio::spawn(writer.run(requests)))
+    let ingest = Ingest::new(queue, settings, metrics.clone());
+    let writer = clickhouse::Writer::new(store, config, spool, metrics);
+    Ok((ingest, tokio::spawn(writer.run(requests))))
 }

@@ -277,7 +277,8 @@ pub fn get_traces_sql(database: &str, tenant: &str, trace_ids: &[[u8; 16]]) -> B
         }
         sql.text("unhex(?)", &caracal_model::ids::TraceId(*trace_id).to_hex());
     }
-    sql.push(") ORDER BY trace_id, start_ns");
+    // Ordered by the blob last, so copies of a span are neighbours.
+    sql.push(") ORDER BY trace_id, start_ns, span");
     sql
 }
 
@@ -368,6 +369,10 @@ impl Store {
     }
 
     /// Every span of the given traces (as span blobs), ordered by trace then start.
+    ///
+    /// A span stored twice (a spool replay of a batch ClickHouse had taken after all,
+    /// or a client's retry) is returned once: `spans_by_trace` collapses such copies
+    /// when it merges, and until then they are dropped here.
     pub async fn get_traces(
         &self,
         tenant: &str,
@@ -377,7 +382,11 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = get_traces_sql(self.database(), tenant, trace_ids);
-        Ok(sql.into_query(self.client()).fetch_all().await?)
+        let mut spans: Vec<StoredTraceSpan> = sql.into_query(self.client()).fetch_all().await?;
+        spans.dedup_by(|later, earlier| {
+            later.trace_id == earlier.trace_id && later.span == earlier.span
+        });
+        Ok(spans)
     }
 
     /// Every service name, sorted.

@@ -7,6 +7,7 @@
 //! - [`TestStack`]: collector + query on port 0, stopped on drop; [`metric_value`] reads
 //!   its `/metrics`.
 //! - [`fixtures_dir`]: the shared fixtures (`../shared/fixtures`).
+//! - [`OutageProxy`]: a TCP forwarder to ClickHouse that a test cuts to play an outage.
 //!
 //! Tests stay silent unless `TEST_LOG` is set.
 
@@ -15,6 +16,9 @@
 use std::{net::SocketAddr, path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
 use caracal_store::{ClickHouseConfig, Store};
+
+mod proxy;
+pub use proxy::OutageProxy;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// The repository root.
@@ -129,6 +133,25 @@ pub struct TestStack {
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     http: reqwest::Client,
+    spool_dir: Option<std::path::PathBuf>,
+}
+
+/// Collector settings for tests: short batch and aggregate periods, and a spool
+/// directory of its own (removed when the [`TestStack`] using it is dropped, unless it
+/// holds batches for a later stack).
+pub fn test_collector_config() -> caracal_collector::CollectorConfig {
+    static NEXT_SPOOL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let number = NEXT_SPOOL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spool_dir = std::env::temp_dir().join(format!(
+        "caracal-test-spool-{}-{number}",
+        std::process::id()
+    ));
+    caracal_collector::CollectorConfig {
+        batch_period_ms: 50,
+        aggregate_flush_ms: 200,
+        spool_dir: Some(spool_dir),
+        ..Default::default()
+    }
 }
 
 async fn local_listener() -> TcpListener {
@@ -140,12 +163,7 @@ async fn local_listener() -> TcpListener {
 impl TestStack {
     /// Starts collector and query on `store` with test-friendly timings.
     pub async fn start(store: Store) -> Self {
-        let collector_config = caracal_collector::CollectorConfig {
-            batch_period_ms: 50,
-            aggregate_flush_ms: 200,
-            ..Default::default()
-        };
-        Self::start_with(store, collector_config).await
+        Self::start_with(store, test_collector_config()).await
     }
 
     /// Starts collector and query with the given collector settings.
@@ -160,12 +178,7 @@ impl TestStack {
     /// Starts collector and query with test-friendly timings, the collector's OTLP/gRPC
     /// (and agent) receiver on `otlp_grpc`: for a collector coming back on a known port.
     pub async fn start_on(store: Store, otlp_grpc: TcpListener) -> Self {
-        let collector_config = caracal_collector::CollectorConfig {
-            batch_period_ms: 50,
-            aggregate_flush_ms: 200,
-            ..Default::default()
-        };
-        Self::start_with_grpc(store, collector_config, otlp_grpc).await
+        Self::start_with_grpc(store, test_collector_config(), otlp_grpc).await
     }
 
     async fn start_with_grpc(
@@ -184,6 +197,7 @@ impl TestStack {
             address(&query),
         );
         let metrics = caracal_collector::CollectorMetrics::new();
+        let spool_dir = collector_config.spool_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (query_stop, query_stopped) = oneshot::channel::<()>();
         let collector = tokio::spawn({
@@ -228,6 +242,7 @@ impl TestStack {
             stop: Some(stop),
             tasks: vec![collector, query_task],
             http: reqwest::Client::new(),
+            spool_dir,
         }
     }
 
@@ -327,6 +342,19 @@ impl Drop for TestStack {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        // An empty spool goes; one holding batches stays for the next stack on it.
+        if let Some(dir) = &self.spool_dir {
+            let holds_batches = std::fs::read_dir(dir).is_ok_and(|mut entries| {
+                entries.any(|entry| {
+                    entry.is_ok_and(|entry| {
+                        entry.path().extension().is_some_and(|ext| ext == "batch")
+                    })
+                })
+            });
+            if !holds_batches {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }

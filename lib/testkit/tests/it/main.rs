@@ -5,4 +5,5 @@ mod agent_outage;
 mod conformance;
 mod ingest;
 mod metrics;
+mod spool;
 mod zipkin;

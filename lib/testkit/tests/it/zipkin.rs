@@ -247,9 +247,8 @@ async fn peer_calls_become_dependency_edges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_spans_are_refused_one_by_one_and_bad_bodies_as_a_whole() {
     let config = caracal_collector::CollectorConfig {
-        batch_period_ms: 50,
         max_request_bytes: 64 * 1024,
-        ..Default::default()
+        ..caracal_testkit::test_collector_config()
     };
     let stack = TestStack::start_with(test_store("zipkin_refusals").await, config).await;
     let good = |id: &str| {
@@ -329,9 +328,8 @@ async fn bad_spans_are_refused_one_by_one_and_bad_bodies_as_a_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_bodies_are_accepted_within_the_limit() {
     let config = caracal_collector::CollectorConfig {
-        batch_period_ms: 50,
         max_request_bytes: 64 * 1024,
-        ..Default::default()
+        ..caracal_testkit::test_collector_config()
     };
     let stack = TestStack::start_with(test_store("zipkin_encodings").await, config).await;
     let body = std::fs::read(fixtures_dir().join("zipkin-v2/yelp.json")).unwrap();
