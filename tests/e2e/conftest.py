@@ -118,9 +118,19 @@ def start_caracal(
     clickhouse_url: str,
     spool_dir: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    same_addrs_as: Caracal | None = None,
 ) -> Caracal:
-    """`caracal up` on free ports; the spool defaults to a folder beside the log."""
-    addrs = {name: free_addr() for name in ("grpc", "http", "query", "zipkin")}
+    """`caracal up` on free ports (or on those of `same_addrs_as`, for a restart); the
+    spool defaults to a folder beside the log."""
+    if same_addrs_as is None:
+        addrs = {name: free_addr() for name in ("grpc", "http", "query", "zipkin")}
+    else:
+        addrs = {
+            "grpc": same_addrs_as.otlp_grpc_addr,
+            "http": same_addrs_as.otlp_http_addr,
+            "query": same_addrs_as.http_addr,
+            "zipkin": same_addrs_as.zipkin_addr,
+        }
     env = {
         **os.environ,
         "CARACAL_SPOOL_DIR": str(spool_dir or log_path.parent / "spool"),

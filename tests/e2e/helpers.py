@@ -81,6 +81,21 @@ def parent_hex(span: ReadableSpan) -> str | None:
 # --- the query API -------------------------------------------------------------------
 
 
+def scrape(address: str) -> dict[str, float]:
+    """`{series: value}` of one `GET /metrics` scrape, series written as the text shows
+    them (`caracal_spool_batches`, `caracal_received_requests_total{receiver="zipkin"}`)."""
+    response = requests.get(f"http://{address}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+    samples = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples
+
+
 @dataclass
 class Api:
     """The Jaeger-style query API of one Caracal."""

@@ -9,23 +9,9 @@ import json
 
 import requests
 
-from helpers import export_request, fixtures_dir, new_span, send
+from helpers import export_request, fixtures_dir, new_span, scrape, send
 
 SERVICE = "e2e-self-metrics"
-
-
-def scrape(address: str) -> dict[str, float]:
-    """`{series: value}` of one scrape, series written as the text shows them."""
-    response = requests.get(f"http://{address}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-    assert response.text.endswith("# EOF\n")
-    samples = {}
-    for line in response.text.splitlines():
-        if line and not line.startswith("#"):
-            series, value = line.rsplit(" ", 1)
-            samples[series] = float(value)
-    return samples
 
 
 def test_every_metric_is_prefixed_and_typed(caracal):
