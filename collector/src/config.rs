@@ -65,6 +65,14 @@ pub struct CollectorConfig {
     pub spool_fsync: FsyncPolicy,
     /// An insert that takes longer fails (and its batch is spooled), in milliseconds.
     pub insert_timeout_ms: u64,
+    /// Ingest tokens (`Authorization: Bearer <token>` on HTTP, `authorization`
+    /// metadata on gRPC) and their tenants (`CARACAL_INGEST_TOKENS` as
+    /// `token=tenant,...`). Without any, everything is the default tenant and the
+    /// receivers may listen on loopback addresses only.
+    pub ingest_tokens: caracal_model::tenant::TokenTable,
+    /// Allow listening beyond loopback without ingest tokens (anyone who can connect
+    /// can then write).
+    pub allow_unauthenticated_remote: bool,
 }
 
 impl Default for CollectorConfig {
@@ -89,6 +97,8 @@ impl Default for CollectorConfig {
             spool_max_bytes: 1024 * 1024 * 1024,
             spool_fsync: FsyncPolicy::Always,
             insert_timeout_ms: 30_000,
+            ingest_tokens: caracal_model::tenant::TokenTable::default(),
+            allow_unauthenticated_remote: false,
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum IngestError {
     /// The collector is shutting down.
     #[error("collector shutting down")]
     ShuttingDown,
+    /// Ingest tokens are configured and the request's is missing or unknown.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] caracal_model::tenant::TenantError),
 }
 
 /// Seconds a client should wait before retrying a retryable error.
@@ -55,6 +58,7 @@ impl IngestError {
             Self::SpoolFull => "spool_full",
             Self::StorageUnavailable => "storage_unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::Unauthenticated(_) => "unauthenticated",
         }
     }
 
@@ -76,6 +80,7 @@ impl IngestError {
             Self::TooLarge { .. } | Self::TooManySpans { .. } => Code::ResourceExhausted,
             Self::Overloaded | Self::SpoolFull => Code::ResourceExhausted,
             Self::StorageUnavailable | Self::ShuttingDown => Code::Unavailable,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
         };
         if !self.is_retryable() {
             return tonic::Status::new(code, message);
@@ -95,6 +100,7 @@ impl IngestError {
             Self::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded | Self::SpoolFull => StatusCode::TOO_MANY_REQUESTS,
             Self::StorageUnavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         }
     }
 }

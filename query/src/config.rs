@@ -21,6 +21,26 @@ pub struct QueryConfig {
     pub max_limit: u32,
     /// Search window when the request names no start, in seconds.
     pub default_lookback_secs: u64,
+    /// Query tokens (`Authorization: Bearer <token>`) and their tenants
+    /// (`CARACAL_QUERY_TOKENS` as `token=tenant,...`): every query answers from the
+    /// caller's tenant only. Without any, everything is the default tenant and the
+    /// service may listen on a loopback address only.
+    pub tokens: caracal_model::tenant::TokenTable,
+    /// Allow listening beyond loopback without query tokens.
+    pub allow_unauthenticated_remote: bool,
+}
+
+impl QueryConfig {
+    /// Refuses to serve data on a non-loopback `address` without query tokens (unless
+    /// explicitly allowed).
+    pub fn check_exposure(&self) -> Result<(), String> {
+        caracal_model::tenant::check_exposure(
+            &self.tokens,
+            self.allow_unauthenticated_remote,
+            self.http_addr,
+            "query.tokens (CARACAL_QUERY_TOKENS)",
+        )
+    }
 }
 
 impl Default for QueryConfig {
@@ -31,6 +51,8 @@ impl Default for QueryConfig {
             default_limit: 20,
             max_limit: 1_500,
             default_lookback_secs: 2 * 86_400,
+            tokens: caracal_model::tenant::TokenTable::default(),
+            allow_unauthenticated_remote: false,
         }
     }
 }

@@ -26,7 +26,7 @@ use tonic::{
     Status,
 };
 
-use super::{DecodeNotes, Ingest, DEFAULT_TENANT};
+use super::{DecodeNotes, Ingest};
 use crate::{
     metrics::{InsertTable, Receiver},
     IngestError,
@@ -84,21 +84,27 @@ impl AgentReportService {
         }
     }
 
-    fn already_stored(&self, report: &AgentReport) -> bool {
+    fn already_stored(&self, instance: &str, report: &AgentReport) -> bool {
         self.seen
             .lock()
-            .is_ok_and(|seen| seen.contains(&report.instance, report.sequence))
+            .is_ok_and(|seen| seen.contains(instance, report.sequence))
     }
 
-    fn remember(&self, report: &AgentReport) {
+    fn remember(&self, instance: &str, report: &AgentReport) {
         if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(&report.instance, report.sequence);
+            seen.insert(instance, report.sequence);
         }
     }
 
-    /// Stores one report.
-    pub async fn store_report(&self, mut report: AgentReport) -> Result<ReportResponse, Status> {
-        if self.already_stored(&report) {
+    /// Stores one report of `tenant`.
+    pub async fn store_report(
+        &self,
+        tenant: &str,
+        mut report: AgentReport,
+    ) -> Result<ReportResponse, Status> {
+        // Instances are remembered per tenant: one tenant cannot mask another's reports.
+        let instance = format!("{tenant}/{}", report.instance);
+        if self.already_stored(&instance, &report) {
             return Ok(ReportResponse { stored: false });
         }
         if !report.kept_spans.is_empty() {
@@ -106,7 +112,7 @@ impl AgentReportService {
                 resource_spans: std::mem::take(&mut report.kept_spans),
             };
             self.ingest
-                .export_spans(DEFAULT_TENANT, spans, DecodeNotes::default(), false)
+                .export_spans(tenant, spans, DecodeNotes::default(), false)
                 .await
                 .map_err(|error| {
                     self.ingest
@@ -115,7 +121,7 @@ impl AgentReportService {
                     error.to_status()
                 })?;
         }
-        let rows = ReportRows::from_report(&report);
+        let rows = ReportRows::from_report(tenant, &report);
         let stored = async {
             self.store
                 .insert_rows("span_metrics_input", &rows.metrics)
@@ -138,7 +144,7 @@ impl AgentReportService {
             metrics.record_refused(Receiver::Agent, &IngestError::StorageUnavailable);
             return Err(IngestError::StorageUnavailable.to_status());
         }
-        self.remember(&report);
+        self.remember(&instance, &report);
         Ok(ReportResponse { stored: true })
     }
 }
@@ -158,8 +164,8 @@ fn narrow(number: u32) -> u8 {
 }
 
 impl ReportRows {
-    fn from_report(report: &AgentReport) -> Self {
-        let tenant = DEFAULT_TENANT.to_owned();
+    fn from_report(tenant: &str, report: &AgentReport) -> Self {
+        let tenant = tenant.to_owned();
         let mut rows = Self::default();
         for aggregate in &report.aggregates {
             rows.metrics.push(SpanMetricsRow {
@@ -289,8 +295,18 @@ impl UnaryService<AgentReport> for ReportHandler {
     fn call(&mut self, request: tonic::Request<AgentReport>) -> Self::Future {
         let service = self.0.clone();
         Box::pin(async move {
+            let tenant = service
+                .ingest
+                .tenant_for(super::grpc_authorization(request.metadata()))
+                .map_err(|error| {
+                    service
+                        .ingest
+                        .metrics()
+                        .record_refused(Receiver::Agent, &error);
+                    error.to_status()
+                })?;
             service
-                .store_report(request.into_inner())
+                .store_report(&tenant, request.into_inner())
                 .await
                 .map(tonic::Response::new)
         })

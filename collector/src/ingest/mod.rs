@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub use self::validate::DecodeNotes;
 use crate::{metrics::CollectorMetrics, sink::spool::SpoolUsage, IngestError};
 
-/// Tenant that owns data when no tokens are configured.
-pub const DEFAULT_TENANT: &str = "default";
+use caracal_model::tenant::TokenTable;
+pub use caracal_model::tenant::DEFAULT_TENANT;
 
 /// How long a request may wait for room in the writer queue before it is refused.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -57,6 +57,8 @@ pub struct IngestSettings {
     pub max_memory_bytes: u64,
     /// The spool's size, when there is one: requests are refused while it is full.
     pub spool: Option<SpoolUsage>,
+    /// Ingest tokens; empty means one open default tenant.
+    pub tokens: TokenTable,
 }
 
 /// A validated request on its way to the writer.
@@ -147,6 +149,12 @@ impl Ingest {
     /// The metrics every receiver counts in.
     pub fn metrics(&self) -> &CollectorMetrics {
         &self.metrics
+    }
+
+    /// The tenant of a request with this `Authorization` header (or gRPC
+    /// `authorization` metadata) value.
+    pub fn tenant_for(&self, authorization: Option<&[u8]>) -> Result<String, IngestError> {
+        Ok(self.settings.tokens.tenant_for(authorization)?.to_owned())
     }
 
     /// Validates, stores and reports on one export request; `notes` carry what the
@@ -240,4 +248,16 @@ pub fn count_spans(request: &ExportTraceServiceRequest) -> usize {
         .flat_map(|resource_spans| &resource_spans.scope_spans)
         .map(|scope_spans| scope_spans.spans.len())
         .sum()
+}
+
+/// The `authorization` metadata of a gRPC request, as bytes.
+pub fn grpc_authorization(metadata: &tonic::metadata::MetadataMap) -> Option<&[u8]> {
+    metadata.get("authorization").map(|value| value.as_bytes())
+}
+
+/// The `Authorization` header of an HTTP request, as bytes.
+pub fn authorization(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|value| value.as_bytes())
 }

@@ -25,7 +25,7 @@ use tonic::{
     Status,
 };
 
-use super::{DecodeNotes, Ingest, DEFAULT_TENANT};
+use super::{DecodeNotes, Ingest};
 use crate::{metrics::Receiver, IngestError};
 
 /// The gRPC method path of OTLP trace export.
@@ -173,14 +173,16 @@ impl UnaryService<Bytes> for ExportHandler {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let ingest = self.0.ingest.clone();
         Box::pin(async move {
+            let tenant = ingest.tenant_for(super::grpc_authorization(request.metadata()));
             let body = request.into_inner();
             let exported = async {
+                let tenant = tenant?;
                 let decoded =
                     caracal_model::lenient::decode_export_request(&body).map_err(|error| {
                         IngestError::Malformed(format!("invalid protobuf: {error}"))
                     })?;
                 let notes = DecodeNotes::invalid_utf8(decoded.num_invalid_utf8);
-                ingest.export(DEFAULT_TENANT, decoded.request, notes).await
+                ingest.export(&tenant, decoded.request, notes).await
             };
             let outcome = exported.await.map_err(|error| {
                 ingest.metrics().record_refused(Receiver::OtlpGrpc, &error);

@@ -19,9 +19,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::{
+    authorization,
     body::RawBody,
     http::{decode_off_thread, error_response, ErrorFormat},
-    DecodeNotes, ExportOutcome, Ingest, DEFAULT_TENANT,
+    DecodeNotes, ExportOutcome, Ingest,
 };
 use crate::{metrics::Receiver, IngestError};
 
@@ -107,12 +108,13 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<ExportOutcome, IngestError> {
     let limit = state.max_request_bytes;
+    let tenant = state.ingest.tenant_for(authorization(headers))?;
     let raw = RawBody::new(headers, body, limit)?;
     let (request, notes) = decode_off_thread(raw.estimated_size(), move || {
         decode_request(format, &raw.decode(limit)?)
     })
     .await?;
-    state.ingest.export(DEFAULT_TENANT, request, notes).await
+    state.ingest.export(&tenant, request, notes).await
 }
 
 fn decode_request(
@@ -128,10 +130,14 @@ fn decode_request(
                 )
             })
             .map_err(|error| IngestError::Malformed(format!("invalid protobuf: {error}"))),
-        Format::Json => serde_json::from_slice::<ExportTraceServiceRequest>(body)
-            .map(|request| (request, DecodeNotes::default()))
-            .map_err(|error| IngestError::Malformed(format!("invalid OTLP JSON: {error}"))),
+        Format::Json => decode_json(body).map(|request| (request, DecodeNotes::default())),
     }
+}
+
+/// Decodes an OTLP/JSON `ExportTraceServiceRequest` body (already decompressed).
+pub fn decode_json(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
+    serde_json::from_slice(body)
+        .map_err(|error| IngestError::Malformed(format!("invalid OTLP JSON: {error}")))
 }
 
 fn success_response(format: Format, outcome: ExportOutcome) -> Response {

@@ -21,9 +21,10 @@ use axum::{
 };
 
 use super::{
+    authorization,
     body::RawBody,
     http::{decode_off_thread, error_response, ErrorFormat},
-    ExportOutcome, Ingest, DEFAULT_TENANT,
+    ExportOutcome, Ingest,
 };
 use crate::{metrics::Receiver, IngestError};
 
@@ -67,13 +68,14 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<ExportOutcome, IngestError> {
     check_content_type(headers)?;
+    let tenant = state.ingest.tenant_for(authorization(headers))?;
     let limit = state.max_request_bytes;
     let raw = RawBody::new(headers, body, limit)?;
     let (request, notes) = decode_off_thread(raw.estimated_size(), move || {
         decode::decode_spans(&raw.decode(limit)?)
     })
     .await?;
-    state.ingest.export(DEFAULT_TENANT, request, notes).await
+    state.ingest.export(&tenant, request, notes).await
 }
 
 /// Zipkin's server reads anything but its binary encodings as JSON; so does this one.

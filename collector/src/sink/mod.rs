@@ -20,6 +20,7 @@ use crate::{
 pub fn start(
     store: caracal_store::Store,
     config: &CollectorConfig,
+    tokens: &caracal_model::tenant::TokenTable,
     metrics: CollectorMetrics,
 ) -> Result<(Ingest, JoinHandle<()>), spool::SpoolError> {
     let spool = config
@@ -44,6 +45,7 @@ pub fn start(
         max_spans_per_request: config.max_spans_per_request,
         max_memory_bytes: config.max_memory_bytes,
         spool: spool.as_ref().map(spool::Spool::usage),
+        tokens: tokens.clone(),
     };
     let ingest = Ingest::new(queue, settings, metrics.clone());
     let writer = clickhouse::Writer::new(store, config, spool, metrics);

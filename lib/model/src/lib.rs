@@ -10,6 +10,7 @@
 //! - [`blob`]: a span with its resource and scope as one OTLP protobuf blob.
 //! - [`bucket`]: the 10-second aggregation buckets.
 //! - [`lenient`]: a protobuf decoder for OTLP trace exports that survives invalid UTF-8.
+//! - [`tenant`]: tenants and the bearer tokens that name them.
 //!
 //! **Architecture invariant:** this crate does no I/O and knows nothing of tokio,
 //! HTTP or ClickHouse.
@@ -23,5 +24,6 @@ pub mod histogram;
 pub mod ids;
 pub mod lenient;
 pub mod span;
+pub mod tenant;
 
 pub use opentelemetry_proto::tonic as otlp;

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Nothing matches.
     #[error("{0}")]
     NotFound(String),
+    /// Query tokens are configured and the request's is missing or unknown.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] caracal_model::tenant::TenantError),
     /// The store failed.
     #[error("storage error")]
     Store(#[from] caracal_store::Error),
@@ -44,6 +47,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Store(error) => {
                 tracing::error!(%error, "query failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -8,7 +8,7 @@ use caracal_model::histogram::LatencyHistogram;
 use caracal_store::reader::MetricsPoint;
 use serde::{Deserialize, Serialize};
 
-use super::{error::ApiError, services::to_seconds, DEFAULT_TENANT};
+use super::{error::ApiError, services::to_seconds, Tenant};
 use crate::AppState;
 
 /// Parameters: start and end in Unix milliseconds, step in seconds (a multiple of 10).
@@ -118,6 +118,7 @@ impl Merged {
 /// `GET /api/v1/metrics?service=&operation=&start=&end=&step=`.
 pub async fn metrics(
     State(state): State<AppState>,
+    tenant: Tenant,
     params: Result<Query<MetricsParams>, QueryRejection>,
 ) -> Result<Json<MetricsResponse>, ApiError> {
     let Query(params) = params?;
@@ -153,7 +154,7 @@ pub async fn metrics(
     let points = state
         .store
         .span_metrics(
-            DEFAULT_TENANT,
+            &tenant,
             &service,
             params.operation.as_deref().filter(|op| !op.is_empty()),
             kind,

@@ -17,8 +17,35 @@ use tower_http::services::ServeDir;
 
 use crate::AppState;
 
-/// Tenant every query reads when no query tokens are configured.
-pub const DEFAULT_TENANT: &str = "default";
+/// The caller's tenant: from `Authorization: Bearer <token>` when query tokens are
+/// configured (else 401), the default tenant when none are. Every data route takes
+/// it, so no query reads another tenant's rows.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+impl axum::extract::FromRequestParts<AppState> for Tenant {
+    type Rejection = error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        let tenant = state.config.tokens.tenant_for(authorization)?;
+        Ok(Self(tenant.to_owned()))
+    }
+}
+
+impl std::ops::Deref for Tenant {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 /// Jaeger's response envelope.
 #[derive(Debug, Serialize)]

@@ -9,14 +9,15 @@ use axum::{
 use caracal_model::span::SpanKind;
 use serde::{Deserialize, Serialize};
 
-use super::{error::ApiError, Envelope, DEFAULT_TENANT};
+use super::{error::ApiError, Envelope, Tenant};
 use crate::AppState;
 
 /// `GET /api/services`: every service name.
 pub async fn list_services(
     State(state): State<AppState>,
+    tenant: Tenant,
 ) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
-    let services = state.store.services(DEFAULT_TENANT).await?;
+    let services = state.store.services(&tenant).await?;
     let total = services.len();
     Ok(Json(Envelope::ok(services, total)))
 }
@@ -24,11 +25,12 @@ pub async fn list_services(
 /// `GET /api/services/{service}/operations`: operation names of a service.
 pub async fn service_operations(
     State(state): State<AppState>,
+    tenant: Tenant,
     Path(service): Path<String>,
 ) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
     let mut names: Vec<String> = state
         .store
-        .operations(DEFAULT_TENANT, &service, None)
+        .operations(&tenant, &service, None)
         .await?
         .into_iter()
         .map(|operation| operation.operation)
@@ -57,6 +59,7 @@ pub struct OperationView {
 /// `GET /api/operations?service=&spanKind=`: operations with their span kind.
 pub async fn operations(
     State(state): State<AppState>,
+    tenant: Tenant,
     params: Result<Query<OperationsParams>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<OperationView>>>, ApiError> {
     let Query(params) = params?;
@@ -74,7 +77,7 @@ pub async fn operations(
     };
     let operations: Vec<OperationView> = state
         .store
-        .operations(DEFAULT_TENANT, &service, kind)
+        .operations(&tenant, &service, kind)
         .await?
         .into_iter()
         .map(|operation| OperationView {
@@ -113,6 +116,7 @@ const DEFAULT_LOOKBACK_MS: u64 = 86_400_000;
 /// `GET /api/dependencies?endTs=&lookback=` (milliseconds): service call edges.
 pub async fn dependencies(
     State(state): State<AppState>,
+    tenant: Tenant,
     params: Result<Query<DependenciesParams>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<DependencyView>>>, ApiError> {
     let Query(params) = params?;
@@ -125,7 +129,7 @@ pub async fn dependencies(
     let end = to_seconds(end_ms).saturating_add(1);
     let edges: Vec<DependencyView> = state
         .store
-        .dependencies(DEFAULT_TENANT, start, end)
+        .dependencies(&tenant, start, end)
         .await?
         .into_iter()
         .map(|edge| DependencyView {

@@ -25,7 +25,7 @@ const UNKNOWN_SERVICE: &str = "unknown_service";
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{error::ApiError, Envelope, DEFAULT_TENANT};
+use super::{error::ApiError, Envelope, Tenant};
 use crate::{duration::parse_go_duration, AppState};
 
 /// One trace in Jaeger's shape.
@@ -102,6 +102,7 @@ fn tag_params(params: &[(String, String)]) -> Result<Vec<(String, String)>, ApiE
 /// `GET /api/traces`: search, or fetch the traces named by `traceID` parameters.
 pub async fn search(
     State(state): State<AppState>,
+    tenant: Tenant,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<TraceView>>>, ApiError> {
     let Query(params) = params?;
@@ -111,18 +112,22 @@ pub async fn search(
         .map(|(_, value)| parse_trace_id(value))
         .collect::<Result<Vec<_>, _>>()?;
     let trace_ids = if requested_ids.is_empty() {
-        let query = build_query(&state, &params)?;
+        let query = build_query(&state, &tenant, &params)?;
         state.store.find_trace_ids(&query).await?
     } else {
         requested_ids
     };
-    let spans = state.store.get_traces(DEFAULT_TENANT, &trace_ids).await?;
+    let spans = state.store.get_traces(&tenant, &trace_ids).await?;
     let traces = assemble_traces(&trace_ids, spans);
     let total = traces.len();
     Ok(Json(Envelope::ok(traces, total)))
 }
 
-fn build_query(state: &AppState, params: &[(String, String)]) -> Result<TraceQuery, ApiError> {
+fn build_query(
+    state: &AppState,
+    tenant: &str,
+    params: &[(String, String)],
+) -> Result<TraceQuery, ApiError> {
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_micros() as u64);
@@ -162,7 +167,7 @@ fn build_query(state: &AppState, params: &[(String, String)]) -> Result<TraceQue
         })
         .transpose()?;
     Ok(TraceQuery {
-        tenant: DEFAULT_TENANT.to_owned(),
+        tenant: tenant.to_owned(),
         service: param(params, "service").map(str::to_owned),
         operation: param(params, "operation").map(str::to_owned),
         span_kind,
@@ -184,10 +189,11 @@ fn parse_trace_id(text: &str) -> Result<[u8; 16], ApiError> {
 /// `GET /api/traces/{traceID}`: one trace, 404 when unknown.
 pub async fn get_trace(
     State(state): State<AppState>,
+    tenant: Tenant,
     Path(trace_id): Path<String>,
 ) -> Result<Json<Envelope<Vec<TraceView>>>, ApiError> {
     let trace_id = parse_trace_id(&trace_id)?;
-    let spans = state.store.get_traces(DEFAULT_TENANT, &[trace_id]).await?;
+    let spans = state.store.get_traces(&tenant, &[trace_id]).await?;
     if spans.is_empty() {
         return Err(ApiError::NotFound("trace not found".into()));
     }
