@@ -75,6 +75,23 @@ pub struct CollectorConfig {
     pub allow_unauthenticated_remote: bool,
 }
 
+impl CollectorConfig {
+    /// Refuses receivers on non-loopback addresses without ingest tokens (unless
+    /// explicitly allowed).
+    pub fn check_exposure(&self) -> Result<(), String> {
+        [self.otlp_grpc_addr, self.otlp_http_addr, self.zipkin_addr]
+            .into_iter()
+            .try_for_each(|address| {
+                caracal_model::tenant::check_exposure(
+                    &self.ingest_tokens,
+                    self.allow_unauthenticated_remote,
+                    address,
+                    "collector.ingest_tokens (CARACAL_INGEST_TOKENS)",
+                )
+            })
+    }
+}
+
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {

@@ -57,19 +57,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tokens = config.ingest_tokens.clone();
-    for listener in [
-        &listeners.otlp_grpc,
-        &listeners.otlp_http,
-        &listeners.zipkin,
-    ] {
-        caracal_model::tenant::check_exposure(
-            &tokens,
-            config.allow_unauthenticated_remote,
-            listener.local_addr()?,
-            "collector.ingest_tokens (CARACAL_INGEST_TOKENS)",
-        )
-        .map_err(std::io::Error::other)?;
-    }
+    config.check_exposure().map_err(std::io::Error::other)?;
     let (ingest, writer) =
         sink::start(store.clone(), &config, &tokens, metrics).map_err(std::io::Error::other)?;
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);

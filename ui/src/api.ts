@@ -111,10 +111,26 @@ function isAbort(error: unknown): boolean {
   return error instanceof DOMException && error.name === 'AbortError';
 }
 
+const TOKEN_KEY = 'caracal.queryToken';
+
+/** The query token this browser sends (`Authorization: Bearer`), if one was given. */
+export function queryToken(): string | null {
+  return window.localStorage.getItem(TOKEN_KEY);
+}
+
+/** Remembers the query token for this browser; an empty one forgets it. */
+export function setQueryToken(token: string): void {
+  if (token) window.localStorage.setItem(TOKEN_KEY, token);
+  else window.localStorage.removeItem(TOKEN_KEY);
+}
+
 async function getJson(path: string, signal?: AbortSignal): Promise<unknown> {
   let response: Response;
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  const token = queryToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    response = await fetch(path, { signal, headers: { Accept: 'application/json' } });
+    response = await fetch(path, { signal, headers });
   } catch (error) {
     if (isAbort(error)) throw error;
     throw new ApiError(`cannot reach the query service (${String(error)})`, 0);

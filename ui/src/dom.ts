@@ -1,5 +1,7 @@
 // Tiny DOM builders: text always goes through text nodes, never innerHTML.
 
+import { ApiError, setQueryToken } from './api';
+
 type Child = Node | string | number | null | undefined | false;
 type Attrs = Record<string, string | number | boolean | null | undefined | EventListener>;
 
@@ -62,8 +64,33 @@ export function spinner(label = 'Loading…'): HTMLElement {
 }
 
 export function errorBox(error: unknown): HTMLElement {
+  if (error instanceof ApiError && error.status === 401) return tokenForm(error.message);
   const message = error instanceof Error ? error.message : String(error);
   return h('div', { class: 'state state-error', role: 'alert' }, h('strong', null, 'Error: '), message);
+}
+
+/** Asks for the query token when the API wants one; the page reloads with it. */
+function tokenForm(message: string): HTMLElement {
+  const input = h('input', {
+    type: 'password',
+    name: 'token',
+    placeholder: 'query token',
+    autocomplete: 'current-password',
+    'aria-label': 'Query token',
+  });
+  const submit = (event: Event): void => {
+    event.preventDefault();
+    setQueryToken(input.value.trim());
+    window.location.reload();
+  };
+  return h(
+    'form',
+    { class: 'state state-error token-form', role: 'alert', onsubmit: submit as EventListener },
+    h('strong', null, 'This Caracal needs a query token. '),
+    h('span', { class: 'state-hint' }, message),
+    input,
+    h('button', { type: 'submit' }, 'Use token'),
+  );
 }
 
 export function empty(title: string, hint?: string): HTMLElement {
