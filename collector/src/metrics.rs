@@ -37,7 +37,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{ingest::validate::RejectReason, IngestError};
+use crate::{
+    ingest::validate::{DecodeNotes, RejectReason, ValidationReport},
+    IngestError,
+};
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -151,6 +154,24 @@ struct Handles {
     spool_errors: Vec<Counter>,
     spool_bytes: Gauge,
     spool_batches: Gauge,
+    /// Indexed like [`REPAIRS`].
+    repairs: Vec<Counter>,
+}
+
+/// What the collector mends instead of refusing, as the `repair` label of
+/// `caracal_repaired_total` names it: keys and values cut to the length limit,
+/// attributes dropped over the count limit, spans ending before they start (stored with
+/// duration 0), strings with invalid UTF-8 (replaced with U+FFFD).
+pub const REPAIRS: [&str; 4] = [
+    "truncated_attribute",
+    "dropped_attribute",
+    "negative_duration",
+    "invalid_utf8",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RepairLabels {
+    repair: &'static str,
 }
 
 /// Spool troubles, as the `reason` label of `caracal_spool_errors_total` names them.
@@ -305,6 +326,13 @@ impl CollectorMetrics {
         let spool_errors = labelled(&spool_errors_family, &SPOOL_ERRORS, |reason| ReasonLabels {
             reason,
         });
+        let repairs_family = Family::<RepairLabels, Counter>::default();
+        registry.register(
+            "repaired",
+            "Things mended in accepted spans instead of refusing them, by repair",
+            repairs_family.clone(),
+        );
+        let repairs = labelled(&repairs_family, &REPAIRS, |repair| RepairLabels { repair });
         let spool_bytes = Gauge::default();
         registry.register_with_unit(
             "spool",
@@ -337,6 +365,7 @@ impl CollectorMetrics {
                 spool_errors,
                 spool_bytes,
                 spool_batches,
+                repairs,
             }),
         }
     }
@@ -370,13 +399,18 @@ impl CollectorMetrics {
 
     /// Counts the spans of one validated request: `num_accepted` valid ones and the
     /// refused ones by reason.
-    pub fn record_validated<'a>(
-        &self,
-        num_accepted: u64,
-        rejected: impl IntoIterator<Item = (&'a RejectReason, &'a u64)>,
-    ) {
-        let mut num_received = num_accepted;
-        for (reason, count) in rejected {
+    pub fn record_validated(&self, report: &ValidationReport, notes: &DecodeNotes) {
+        let repairs = [
+            report.num_truncated,
+            report.num_attributes_dropped,
+            report.num_negative_durations,
+            notes.num_invalid_utf8,
+        ];
+        for (counter, count) in self.inner.repairs.iter().zip(repairs) {
+            counter.inc_by(count);
+        }
+        let mut num_received = report.num_accepted as u64;
+        for (reason, count) in &report.rejected {
             num_received += count;
             if let Some(counter) =
                 counter_for(&self.inner.rejected_spans, &RejectReason::ALL, reason)
@@ -510,7 +544,13 @@ mod tests {
         ]
         .into_iter()
         .collect::<std::collections::BTreeMap<_, _>>();
-        metrics.record_validated(5, &rejected);
+        let report = ValidationReport {
+            num_accepted: 5,
+            rejected,
+            num_truncated: 3,
+            ..ValidationReport::default()
+        };
+        metrics.record_validated(&report, &DecodeNotes::invalid_utf8(2));
         metrics.record_accepted(5);
         metrics.record_refused(Receiver::OtlpHttp, &IngestError::Malformed("x".into()));
         metrics.record_batch(5);
@@ -561,6 +601,17 @@ mod tests {
             1.0,
         );
         check("caracal_inserted_rows_total", "", 5.0);
+        check(
+            "caracal_repaired_total",
+            "repair=\"truncated_attribute\"",
+            3.0,
+        );
+        check("caracal_repaired_total", "repair=\"invalid_utf8\"", 2.0);
+        check(
+            "caracal_repaired_total",
+            "repair=\"dropped_attribute\"",
+            0.0,
+        );
         check("caracal_insert_duration_seconds_count", "", 2.0);
         check("caracal_batch_size_rows_count", "", 1.0);
         check("caracal_batch_size_rows_bucket", "le=\"16.0\"", 1.0);

@@ -33,6 +33,12 @@ def test_every_metric_is_prefixed_and_typed(caracal):
         "caracal_batch_size_rows": "histogram",
         "caracal_writer_queue_depth_requests": "gauge",
         "caracal_inserts_in_flight": "gauge",
+        "caracal_spooled_spans": "counter",
+        "caracal_replayed_spans": "counter",
+        "caracal_spool_errors": "counter",
+        "caracal_spool_bytes": "gauge",
+        "caracal_spool_batches": "gauge",
+        "caracal_repaired": "counter",
     }
     # Refusals are labelled by receiver and reason; the family shows from the first one.
     families.setdefault("caracal_refused_requests", "counter")

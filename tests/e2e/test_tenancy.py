@@ -116,20 +116,12 @@ def test_each_tenant_sees_only_its_own_data(tenanted):
         traces = data(tenanted, "/api/traces", tenant, {"service": SERVICE, "lookback": "1h"})
         names = {span["operationName"] for trace in traces for span in trace["spans"]}
         assert f"GET /{own}-only" in names and f"shared-{own}" in names
-        assert not any(other in name.split("-")[0] or name.endswith(f"/{other}-only") or
-                       name == f"shared-{other}" for name in names)
+        assert not names & {f"GET /{other}-only", f"GET /{other}-only db", f"shared-{other}"}
 
         shared = data(tenanted, f"/api/traces/{SHARED_TRACE.hex()}", tenant)
         assert [span["operationName"] for span in shared[0]["spans"]] == [f"shared-{own}"]
 
         end_ms = int(time.time() * 1000) // 10_000 * 10_000 + 10_000
-        metrics = api_get(
-            tenanted,
-            "/api/v1/metrics",
-            tenant,
-            {"service": SERVICE, "start": end_ms - 3_600_000, "end": end_ms, "step": 3600},
-        )
-        assert metrics.status_code == 200, metrics.text
         # Each tenant sent 3 spans (server, client, shared); the other's never count.
         wait_until(
             lambda tenant=tenant: api_get(

@@ -198,8 +198,7 @@ impl Ingest {
         let mut report =
             validate::validate(&mut request, max_start_ns, &self.settings.attribute_limits);
         report.add_malformed(&notes);
-        self.metrics
-            .record_validated(report.num_accepted as u64, &report.rejected);
+        self.metrics.record_validated(&report, &notes);
         let outcome = ExportOutcome {
             accepted: report.num_accepted as u64,
             rejected: report.num_rejected(),
