@@ -5,5 +5,6 @@ mod agent_outage;
 mod conformance;
 mod ingest;
 mod metrics;
+mod scaling;
 mod spool;
 mod zipkin;

@@ -209,12 +209,13 @@ async fn outage_spools_and_replays_exactly_once() {
     );
     proxy.restore();
     let stack = TestStack::start_with(proxied_store(&store, &proxy), config).await;
+    let total = 7 * SPANS_PER_TRACE;
+    // Both tables' inserts of the replay end independently: wait for both.
     wait_for("trace 7 after the restart", async || {
-        (trace_span_count(&stack, 7).await == SPANS_PER_TRACE as usize).then_some(())
+        (stored_counts(&store).await == [(total, total); 2]).then_some(())
     })
     .await;
-    let total = 7 * SPANS_PER_TRACE;
-    assert_eq!(stored_counts(&store).await, [(total, total); 2]);
+    assert_eq!(trace_span_count(&stack, 7).await, SPANS_PER_TRACE as usize);
     stack.stop().await;
 }
 
