@@ -402,3 +402,46 @@ async fn zstd_bodies_are_accepted_over_http_and_grpc() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_span_limit_are_refused_whole() {
+    let config = caracal_collector::CollectorConfig {
+        max_spans_per_request: 10,
+        ..caracal_testkit::test_collector_config()
+    };
+    let stack = TestStack::start_with(test_store("ingest_span_limit").await, config).await;
+    let start = now_ns() - 1_000_000_000;
+    let request = |count: u64| ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(
+            "limited",
+            (1..=count)
+                .map(|id| {
+                    span(
+                        SpanSpec {
+                            trace: 0x5a,
+                            id,
+                            parent: 0,
+                            name: "limited",
+                            kind: SpanKind::Server,
+                            start_ns: start,
+                            duration_ns: 1_000,
+                            error: false,
+                        },
+                        vec![],
+                    )
+                })
+                .collect(),
+        )],
+    };
+    let (status, body) = stack
+        .post_otlp("application/x-protobuf", request(11).encode_to_vec())
+        .await;
+    assert_eq!(status, 413);
+    let status_body = String::from_utf8_lossy(&body);
+    assert!(
+        status_body.contains("11 spans exceeds the limit of 10"),
+        "{status_body}"
+    );
+    export(&stack, &request(10)).await;
+    stack.stop().await;
+}
