@@ -128,4 +128,22 @@ mod tests {
         assert_eq!(config.query.http_addr.port(), 9999);
         assert_eq!(config.collector.otlp_grpc_addr.port(), 4317);
     }
+
+    #[test]
+    fn tokens_are_read_and_checked_with_the_file() {
+        let config = CaracalConfig::from_toml(
+            "[[collector.ingest_tokens]]\ntoken = \"in-1\"\ntenant = \"team-a\"\n\
+             [[query.tokens]]\ntoken = \"q-1\"\ntenant = \"team-a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.collector.ingest_tokens.tenant_for(Some(b"Bearer in-1")),
+            Ok("team-a")
+        );
+        assert_eq!(config.query.tokens.tenant_for(Some(b"Bearer q-1")), Ok("team-a"));
+        let invalid = "[[collector.ingest_tokens]]\ntoken = \"in-1\"\ntenant = \"a b\"\n";
+        let error = format!("{:#}", CaracalConfig::from_toml(invalid).unwrap_err());
+        assert!(error.contains("tenant must be"), "{error}");
+        assert!(!error.contains("in-1"), "{error}");
+    }
 }
