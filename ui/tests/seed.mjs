@@ -91,10 +91,12 @@ export function checkoutTrace({ startMs = Date.now() - 1000, durationScale = 1, 
 }
 
 /** POSTs one OTLP/JSON request; throws on a non-2xx answer. */
-export async function postOtlp(otlpHttpUrl, body) {
+export async function postOtlp(otlpHttpUrl, body, token = null) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
   const response = await fetch(`${otlpHttpUrl}/v1/traces`, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers,
     body: JSON.stringify(body),
   });
   if (!response.ok) {

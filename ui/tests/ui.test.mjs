@@ -58,15 +58,17 @@ async function freePorts(count) {
   return ports;
 }
 
-/** Starts `caracal up` on free ports with its own database; returns its URLs and a stop function. */
-async function startCaracal() {
+/** Starts `caracal up` on free ports with its own database and spool (plus `extraEnv`);
+ * returns its URLs and a stop function. */
+async function startCaracal(extraEnv = {}) {
   const ping = await fetch(`${CLICKHOUSE_URL}/ping`).catch(() => null);
   assert.ok(ping?.ok, `ClickHouse does not answer at ${CLICKHOUSE_URL}; start it with deploy/clickhouse.sh start`);
   execFileSync(join(REPO, 'scripts', 'build-ui.sh'), { stdio: 'inherit' });
   const binary = resolve(REPO, process.env.CARACAL_BIN ?? 'target/debug/caracal');
   assert.ok(existsSync(binary), `no caracal binary at ${binary}; run cargo build (or set CARACAL_BIN)`);
   const [http, grpc, otlpHttp, zipkin] = await freePorts(4);
-  const database = `ui_test_${process.pid}`;
+  const database = `ui_test_${process.pid}_${hex(3)}`;
+  const spoolDir = mkdtempSync(join(tmpdir(), 'caracal-ui-spool-'));
   const child = spawn(binary, ['up'], {
     cwd: REPO,
     env: {
@@ -78,6 +80,8 @@ async function startCaracal() {
       CARACAL_CLICKHOUSE_URL: CLICKHOUSE_URL,
       CARACAL_CLICKHOUSE_DATABASE: database,
       CARACAL_UI_DIR: join(REPO, 'ui', 'dist'),
+      CARACAL_SPOOL_DIR: spoolDir,
+      ...extraEnv,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -120,6 +124,7 @@ async function startCaracal() {
           await exit;
         }
       }
+      rmSync(spoolDir, { recursive: true, force: true });
       const response = await fetch(`${CLICKHOUSE_URL}/`, { method: 'POST', body: `DROP DATABASE IF EXISTS ${database}` });
       assert.ok(response.ok, `dropping ${database} failed: ${await response.text()}`);
     },
@@ -325,5 +330,55 @@ describe('Caracal web UI', { timeout: 240_000 }, () => {
 
   test('no script errors on any page', () => {
     assert.deepEqual(pageErrors, []);
+  });
+});
+
+describe('Caracal web UI with query tokens', { timeout: 120_000, skip: Boolean(process.env.CARACAL_UI_URL) }, () => {
+  const ingestToken = `ingest-${hex(8)}`;
+  const queryToken = `query-${hex(8)}`;
+  let caracal;
+  let browser;
+  let userDataDir;
+
+  before(async () => {
+    caracal = await startCaracal({
+      CARACAL_INGEST_TOKENS: `${ingestToken}=team-ui`,
+      CARACAL_QUERY_TOKENS: `${queryToken}=team-ui`,
+    });
+    const seeded = checkoutTrace({ startMs: Date.now() - 2_000, fail: false, runTag: 'tokens' });
+    await postOtlp(caracal.otlpUrl, seeded.body, ingestToken);
+    await eventually('the tenant\'s service in the API', async () => {
+      const response = await fetch(`${caracal.baseUrl}/api/services`, {
+        headers: { Authorization: `Bearer ${queryToken}` },
+      });
+      return response.ok && (await response.json()).data.includes('frontend');
+    });
+    userDataDir = mkdtempSync(join(tmpdir(), 'caracal-ui-chromium-'));
+    browser = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+    await caracal?.stop();
+  });
+
+  test('asks for the query token, then shows the tenant\'s data', async () => {
+    const page = browser.pages()[0] ?? (await browser.newPage());
+    page.setDefaultTimeout(15_000);
+    const { status } = await getJson(`${caracal.baseUrl}/api/services`);
+    assert.equal(status, 401, 'the API refuses a request without a token');
+    await page.goto(`${caracal.baseUrl}/`);
+    const form = page.locator('form.token-form');
+    await form.waitFor();
+    await form.locator('input[name="token"]').fill(queryToken);
+    await form.locator('button[type="submit"]').click();
+    await page.locator('select[name="service"] option[value="frontend"]').waitFor({ state: 'attached' });
+    await page.screenshot({ path: join(SCREENSHOTS, 'tokens.png') });
   });
 });
