@@ -1,5 +1,6 @@
-//! [`OutageProxy`]: a TCP forwarder in front of ClickHouse that a test can cut and
-//! restore, to play a ClickHouse outage without stopping the server other tests share.
+//! [`OutageProxy`]: a TCP forwarder in front of ClickHouse that a test can cut, stall
+//! and restore, to play a ClickHouse outage or hang without stopping the server other
+//! tests share.
 
 use std::net::SocketAddr;
 
@@ -9,12 +10,21 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// Forwards connections to `target` while up; while down it closes every open
-/// connection and refuses new ones (accepts and drops them at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// Close every connection; new ones are accepted and dropped at once.
+    Cut,
+    /// Close every connection; new ones are accepted and then never answered.
+    Stall,
+}
+
+/// Forwards connections to a target while up; cut or stalled, it closes the open
+/// connections and then drops (cut) or holds unanswered (stall) new ones.
 #[derive(Debug)]
 pub struct OutageProxy {
     address: SocketAddr,
-    down: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     task: JoinHandle<()>,
 }
 
@@ -25,29 +35,36 @@ impl OutageProxy {
             .await
             .expect("bind a local port");
         let address = listener.local_addr().expect("local addr");
-        let (down, down_receiver) = watch::channel(false);
+        let (mode, mode_receiver) = watch::channel(Mode::Forward);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if *down_receiver.borrow() {
-                    drop(client);
-                    continue;
-                }
-                let mut down = down_receiver.clone();
+                let mut mode = mode_receiver.clone();
+                let current = *mode.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|is_down| *is_down) => {}
+                    match current {
+                        Mode::Cut => drop(client),
+                        // Held, unanswered, until the mode changes.
+                        Mode::Stall => {
+                            let _ = mode.changed().await;
+                            drop(client);
+                        }
+                        Mode::Forward => {
+                            let Ok(mut server) = TcpStream::connect(target).await else {
+                                return;
+                            };
+                            let mut client = client;
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = mode.wait_for(|mode| *mode != Mode::Forward) => {}
+                            }
+                        }
                     }
                 });
             }
         });
         Self {
             address,
-            down,
+            mode,
             task,
         }
     }
@@ -59,12 +76,18 @@ impl OutageProxy {
 
     /// Cuts every connection and refuses new ones until [`OutageProxy::restore`].
     pub fn cut(&self) {
-        let _ = self.down.send(true);
+        let _ = self.mode.send(Mode::Cut);
+    }
+
+    /// Cuts every connection and leaves new ones unanswered (a hung server) until
+    /// [`OutageProxy::restore`].
+    pub fn stall(&self) {
+        let _ = self.mode.send(Mode::Stall);
     }
 
     /// Forwards again.
     pub fn restore(&self) {
-        let _ = self.down.send(false);
+        let _ = self.mode.send(Mode::Forward);
     }
 }
 

@@ -263,3 +263,33 @@ async fn a_retried_request_shows_once() {
     assert_eq!(raw, SPANS_PER_TRACE, "merges collapse the copies");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_clickhouse_times_out_into_the_spool() {
+    let store = test_store("spool_hung").await;
+    let proxy = OutageProxy::start(clickhouse_address().await).await;
+    let config = caracal_collector::CollectorConfig {
+        insert_timeout_ms: 1_000,
+        ..test_collector_config()
+    };
+    let stack = TestStack::start_with(proxied_store(&store, &proxy), config).await;
+    let start = now_ns() - 60_000_000_000;
+    proxy.stall();
+    let started = std::time::Instant::now();
+    export(&stack, &trace_request(1, start)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "acknowledged after {waited:?}: the insert timeout did not spool the batch"
+    );
+    assert_eq!(
+        metric(&stack, "caracal_spooled_spans_total").await,
+        SPANS_PER_TRACE as f64
+    );
+    proxy.restore();
+    wait_for("the replay", async || {
+        (stored_counts(&store).await == [(SPANS_PER_TRACE, SPANS_PER_TRACE); 2]).then_some(())
+    })
+    .await;
+    stack.stop().await;
+}
