@@ -8,6 +8,7 @@
 //!   its `/metrics`.
 //! - [`fixtures_dir`]: the shared fixtures (`../shared/fixtures`).
 //! - [`OutageProxy`]: a TCP forwarder to ClickHouse that a test cuts to play an outage.
+//! - [`otlp`]: OTLP request builders; [`wait_for`]: polling until a probe answers.
 //!
 //! Tests stay silent unless `TEST_LOG` is set.
 
@@ -17,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Command, sync::OnceLock, time
 
 use caracal_store::{ClickHouseConfig, Store};
 
+pub mod otlp;
 mod proxy;
 pub use proxy::OutageProxy;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -134,6 +136,25 @@ pub struct TestStack {
     tasks: Vec<JoinHandle<()>>,
     http: reqwest::Client,
     spool_dir: Option<std::path::PathBuf>,
+}
+
+/// Polls `probe` every 100 ms until it answers, for at most `timeout`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Collector settings for tests: short batch and aggregate periods, and a spool

@@ -4,39 +4,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use caracal_testkit::{test_store, TestStack};
+use caracal_testkit::{
+    otlp::{resource_spans, string_attribute},
+    test_store, TestStack,
+};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
-    common::v1::{any_value::Value as OtlpValue, AnyValue, KeyValue},
-    resource::v1::Resource,
-    trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status},
+    common::v1::KeyValue,
+    trace::v1::{span::SpanKind, status::StatusCode, Span, Status},
 };
 use prost::Message;
 use serde_json::Value;
-
-fn string_attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(OtlpValue::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
-    ResourceSpans {
-        resource: Some(Resource {
-            attributes: vec![string_attribute("service.name", service)],
-            ..Default::default()
-        }),
-        scope_spans: vec![ScopeSpans {
-            spans,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 struct SpanSpec {
     trace: u128,
@@ -89,18 +67,8 @@ async fn export(
     ExportTraceServiceResponse::decode(body.as_slice()).unwrap()
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    caracal_testkit::wait_for(what, Duration::from_secs(20), probe).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

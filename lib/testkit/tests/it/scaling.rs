@@ -6,12 +6,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use caracal_agent::Agent;
-use caracal_testkit::{test_store, TestStack};
+use caracal_testkit::{otlp::export_request, test_store, TestStack};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{any_value::Value, AnyValue, KeyValue},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
 };
 use prost::Message;
 
@@ -29,33 +26,18 @@ fn unix_ms() -> u64 {
 
 fn one_span_request(trace: u128, name: &str) -> ExportTraceServiceRequest {
     let start = unix_ms() * 1_000_000 - 1_000_000_000;
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("scaled-otlp".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![Span {
-                    trace_id: trace.to_be_bytes().to_vec(),
-                    span_id: 7u64.to_be_bytes().to_vec(),
-                    name: name.into(),
-                    kind: 2,
-                    start_time_unix_nano: start,
-                    end_time_unix_nano: start + 1_000_000,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+    export_request(
+        "scaled-otlp",
+        vec![Span {
+            trace_id: trace.to_be_bytes().to_vec(),
+            span_id: 7u64.to_be_bytes().to_vec(),
+            name: name.into(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 1_000_000,
             ..Default::default()
         }],
-    }
+    )
 }
 
 async fn span_names(stack: &TestStack, trace: u128) -> Vec<String> {

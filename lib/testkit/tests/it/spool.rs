@@ -6,12 +6,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use caracal_store::{ClickHouseConfig, Store};
-use caracal_testkit::{metric_value, test_collector_config, test_store, OutageProxy, TestStack};
+use caracal_testkit::{
+    metric_value, otlp::export_request, test_collector_config, test_store, OutageProxy, TestStack,
+};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{any_value::Value, AnyValue, KeyValue},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
 };
 use prost::Message;
 
@@ -37,25 +36,7 @@ fn trace_request(trace: u128, start_ns: u64) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("spooled".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    export_request("spooled", spans)
 }
 
 async fn export(stack: &TestStack, request: &ExportTraceServiceRequest) {
@@ -65,18 +46,8 @@ async fn export(stack: &TestStack, request: &ExportTraceServiceRequest) {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    caracal_testkit::wait_for(what, Duration::from_secs(40), probe).await
 }
 
 async fn metric(stack: &TestStack, series: &str) -> f64 {
