@@ -10,6 +10,7 @@ mod config;
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use caracal_model::tenant::TokenTable;
 use caracal_store::Store;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -69,6 +70,17 @@ struct CommonOptions {
     /// Folder of the built web UI [default: ui/dist].
     #[arg(long, global = true, env = "CARACAL_UI_DIR")]
     ui_dir: Option<PathBuf>,
+    /// Ingest tokens as `token=tenant,...` [default: none: one open tenant, loopback
+    /// only].
+    #[arg(long, global = true, env = "CARACAL_INGEST_TOKENS", hide_env_values = true)]
+    ingest_tokens: Option<String>,
+    /// Query tokens as `token=tenant,...` [default: none: one open tenant, loopback
+    /// only].
+    #[arg(long, global = true, env = "CARACAL_QUERY_TOKENS", hide_env_values = true)]
+    query_tokens: Option<String>,
+    /// Folder of the collector's durable spool [default: .caracal/spool].
+    #[arg(long, global = true, env = "CARACAL_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +119,9 @@ enum BenchCommand {
     /// The agent at a steady rate: process memory, and wire bytes per minute against
     /// sending every span as OTLP.
     Agent(bench::AgentBenchOptions),
+    /// Caracal's collector and rotel (an OpenTelemetry collector in Rust) side by side on
+    /// the same OTLP load: spans/s and spans per CPU-second, without and with ClickHouse.
+    Rotel(bench::RotelBenchOptions),
 }
 
 impl CommonOptions {
@@ -141,6 +156,17 @@ impl CommonOptions {
         if let Some(dir) = &self.ui_dir {
             config.query.ui_dir.clone_from(dir);
         }
+        if let Some(dir) = &self.spool_dir {
+            config.collector.spool_dir = Some(dir.clone());
+        }
+        if let Some(text) = &self.ingest_tokens {
+            config.collector.ingest_tokens =
+                TokenTable::parse(text).context("invalid CARACAL_INGEST_TOKENS")?;
+        }
+        if let Some(text) = &self.query_tokens {
+            config.query.tokens =
+                TokenTable::parse(text).context("invalid CARACAL_QUERY_TOKENS")?;
+        }
         Ok(config)
     }
 }
@@ -155,6 +181,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = cli.options.resolve()?;
+    config.collector.check_exposure().map_err(anyhow::Error::msg)?;
+    config.query.check_exposure().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,6 +199,9 @@ async fn run(command: Command, config: CaracalConfig) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Ingest(options)) => {
             bench::ingest(&config.clickhouse.to_store_config(), options).await
+        }
+        Command::Bench(BenchCommand::Rotel(options)) => {
+            bench::rotel(&config.clickhouse.to_store_config(), options).await
         }
         Command::Demo => {
             let collector = config.collector.otlp_grpc_addr.to_string();
