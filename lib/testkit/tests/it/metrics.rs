@@ -148,7 +148,13 @@ async fn counters_follow_requests_spans_and_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_inserts_are_counted() {
     let store = test_store("metrics_insert_errors").await;
-    let stack = TestStack::start(store.clone()).await;
+    // Without a spool, a failed insert fails its requests (with one, they are spooled:
+    // see spool.rs).
+    let config = caracal_collector::CollectorConfig {
+        spool_dir: None,
+        ..caracal_testkit::test_collector_config()
+    };
+    let stack = TestStack::start_with(store.clone(), config).await;
     store.drop_database().await.unwrap();
     let (status, _) = stack
         .post_otlp("application/x-protobuf", request(vec![span(0xdead, 1)]))
