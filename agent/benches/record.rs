@@ -1,7 +1,8 @@
 //! Cost of recording one span: the Caracal agent (aggregated only, nothing kept) side
 //! by side with the OpenTelemetry SDK (tracer, `BatchSpanProcessor`, an exporter that
 //! discards), and heap allocations per span after warm-up, counted by a global
-//! allocator.
+//! allocator. Two clock baselines show what timing a span costs on the machine: two
+//! `Instant::now()` reads, and the two TSC reads the agent makes.
 //!
 //! ```sh
 //! cargo bench -p caracal-agent --bench record
@@ -11,7 +12,7 @@
 
 use std::alloc::System;
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use caracal_agent::exporter::InMemoryExporter;
 use caracal_agent::Agent;
@@ -100,6 +101,24 @@ fn record(criterion: &mut Criterion) {
     });
     group.bench_function("opentelemetry_sdk_caracal_processor", |bencher| {
         bencher.iter(|| caracal_tracer.start(black_box("GET /orders/{id}")).end());
+    });
+    group.finish();
+
+    let mut group = criterion.benchmark_group("clock");
+    group.bench_function("two_instant_now", |bencher| {
+        bencher.iter(|| {
+            let start = Instant::now();
+            black_box(start);
+            Instant::now().saturating_duration_since(start)
+        });
+    });
+    let clock = quanta::Clock::new();
+    group.bench_function("two_tsc_reads", |bencher| {
+        bencher.iter(|| {
+            let start = clock.raw();
+            black_box(start);
+            clock.delta_as_nanos(start, clock.raw())
+        });
     });
     group.finish();
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::mapping;
 use crate::registry::{lock, Operation, OperationKey, Registry, ThresholdConfig};
 use crate::reporter::{Command, Reporter};
-use crate::trace::{self, OperationRef, Transaction};
+use crate::trace::{self, Transaction};
 
 /// Extra time [`Agent::shutdown`] waits for the reporter's answer past its timeout.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -25,11 +25,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// Process-wide counter giving each agent its own slot in the thread-local traces.
 static NEXT_AGENT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Maps `Instant`s to Unix time without a system call per span.
-#[derive(Debug, Clone, Copy)]
+/// The agent's clocks: cheap ticks for timing transactions, and Unix time without a
+/// system call per span.
+///
+/// Ticks come from `quanta`: the TSC (`rdtsc`, a few nanoseconds where `Instant::now()`
+/// costs tens), scaled to nanoseconds by a ratio calibrated once per process against the
+/// monotonic clock, or the monotonic clock itself where the CPU has no invariant TSC.
+/// A reading before another is ordered only on one thread: a transaction starts and
+/// ends on the same thread, and a negative difference counts as zero.
+#[derive(Debug, Clone)]
 pub(crate) struct WallClock {
     anchor: Instant,
     anchor_unix_ns: u64,
+    ticks: quanta::Clock,
+}
+
+/// Ticks and `Instant` read together, to map ticks to Unix time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClockReading {
+    ticks: u64,
+    instant: Instant,
 }
 
 impl WallClock {
@@ -42,6 +57,27 @@ impl WallClock {
         Self {
             anchor: Instant::now(),
             anchor_unix_ns,
+            ticks: quanta::Clock::new(),
+        }
+    }
+
+    /// The current ticks (meaningful only as a difference, see [`Self::nanos_between`]).
+    #[inline]
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks.raw()
+    }
+
+    /// Nanoseconds from `start` to `end` ticks (zero if `end` is not later).
+    #[inline]
+    pub(crate) fn nanos_between(&self, start: u64, end: u64) -> u64 {
+        self.ticks.delta_as_nanos(start, end)
+    }
+
+    /// Reads ticks and `Instant` now.
+    pub(crate) fn reading(&self) -> ClockReading {
+        ClockReading {
+            ticks: self.ticks(),
+            instant: Instant::now(),
         }
     }
 
@@ -53,6 +89,16 @@ impl WallClock {
             None => self
                 .anchor_unix_ns
                 .saturating_sub(nanos(self.anchor.saturating_duration_since(instant))),
+        }
+    }
+
+    /// Unix nanoseconds of `ticks`, read shortly before or after `now`.
+    pub(crate) fn unix_nanos_of_ticks(&self, now: &ClockReading, ticks: u64) -> u64 {
+        let now_unix_ns = self.unix_nanos(now.instant);
+        if ticks <= now.ticks {
+            now_unix_ns.saturating_sub(self.nanos_between(ticks, now.ticks))
+        } else {
+            now_unix_ns.saturating_add(self.nanos_between(now.ticks, ticks))
         }
     }
 }
@@ -147,21 +193,13 @@ pub struct OperationHandle {
 impl OperationHandle {
     /// Starts a transaction of this operation (see [`Agent::transaction`]).
     pub fn transaction(&self) -> Transaction<'_> {
-        Transaction::start(
-            self.agent.shared(),
-            OperationRef::Borrowed(&self.operation),
-            None,
-        )
+        Transaction::start(self.agent.shared(), &self.operation, None)
     }
 
     /// Starts a transaction continuing a remote trace (see
     /// [`Agent::transaction_with_parent`]).
     pub fn transaction_with_parent(&self, parent: Option<&TraceContext>) -> Transaction<'_> {
-        Transaction::start(
-            self.agent.shared(),
-            OperationRef::Borrowed(&self.operation),
-            parent,
-        )
+        Transaction::start(self.agent.shared(), &self.operation, parent)
     }
 
     /// The agent this handle records into.
@@ -273,8 +311,7 @@ impl Agent {
         name: &str,
         parent: Option<&TraceContext>,
     ) -> Transaction<'_> {
-        let operation = trace::cached_operation(self.shared(), operation_key(span_type, name));
-        Transaction::start(self.shared(), OperationRef::Owned(operation), parent)
+        Transaction::start_named(self.shared(), span_type, name, parent)
     }
 
     /// Resolves a transaction type and name once, for code that starts many

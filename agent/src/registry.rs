@@ -5,14 +5,14 @@
 //! reporting interval parity. The application records into the *active* buffer; at each
 //! interval boundary the reporter [swaps](Registry::swap) the active index, then
 //! [drains](Registry::drain) the now idle buffer into an [`AgentReport`] and clears it,
-//! keeping its allocations (histogram bucket vectors, table capacity).
+//! keeping its allocations (histogram bucket tables, table capacity).
 //!
 //! Hot path, for a known key: a hash lookup by borrowed `&str` key under a shared read
 //! lock of the tables (never exclusive; skipped altogether with an
 //! [`OperationHandle`](crate::OperationHandle)), then a per-entry, per-buffer mutex
 //! (operations, metrics) or an atomic add (events). Nothing is allocated once every
-//! sparse histogram has seen the buckets of its values. A new key takes the write lock once
-//! to insert.
+//! histogram has seen the buckets of its values. A new key takes the write lock once to
+//! insert.
 //!
 //! **Architecture invariant:** once [`Registry::drain`] has read a buffer, nothing is
 //! written to it until it becomes active again. Events and metrics read the active
@@ -31,11 +31,12 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use caracal_model::histogram::{LatencyHistogram, SparseHistogram};
+use caracal_model::histogram::LatencyHistogram;
 use caracal_model::span::{SpanKind, StatusCode};
 use caracal_proto::{AgentReport, Aggregate, EventCount, MetricKind, MetricValue};
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use crate::histogram::BucketCounts;
 use crate::mapping::PeerType;
 
 /// Name of the entries that over-cap keys are folded into.
@@ -62,7 +63,7 @@ fn buffer_of(epoch: u64) -> usize {
 /// String equality for the short names of the hot path, 8 bytes at a time and inline
 /// (a `memcmp` call per field costs more than the comparison itself).
 #[inline]
-fn same_text(left: &str, right: &str) -> bool {
+pub(crate) fn same_text(left: &str, right: &str) -> bool {
     let (left, right) = (left.as_bytes(), right.as_bytes());
     if left.len() != right.len() {
         return false;
@@ -146,8 +147,8 @@ struct Totals {
     sum_ns: u64,
     min_ns: u64,
     max_ns: u64,
-    /// Created at the first recording and kept (cleared) from then on.
-    histogram: Option<SparseHistogram>,
+    /// Allocated at the first recording and kept (cleared) from then on.
+    histogram: BucketCounts,
     /// The last epoch drained from this buffer; a recorder holding that epoch (or an
     /// older one) is late and must record into the current buffer instead.
     drained_epoch: u64,
@@ -164,19 +165,15 @@ impl Totals {
         }
         self.count += 1;
         self.sum_ns = self.sum_ns.saturating_add(nanos);
-        self.histogram
-            .get_or_insert_with(SparseHistogram::default)
-            .record(nanos);
+        self.histogram.record(nanos);
     }
 
+    /// Zeroes the totals; the histogram was drained already.
     fn clear(&mut self) {
         self.count = 0;
         self.sum_ns = 0;
         self.min_ns = 0;
         self.max_ns = 0;
-        if let Some(histogram) = &mut self.histogram {
-            histogram.clear();
-        }
     }
 }
 
@@ -636,6 +633,7 @@ impl Registry {
         };
         let mut stats = DrainStats::default();
         let mut merged = LatencyHistogram::new();
+        let mut buckets = Vec::new();
         let mut num_idle = 0;
         for operation in &operations {
             merged.clear();
@@ -667,9 +665,12 @@ impl Registry {
                     },
                     ..Default::default()
                 };
-                if let Some(histogram) = &totals.histogram {
-                    histogram.write_sparse(&mut aggregate.hist_keys, &mut aggregate.hist_counts);
-                    merged.add_sparse(histogram);
+                buckets.clear();
+                totals.histogram.drain_sorted(&mut buckets);
+                for &(key, count) in &buckets {
+                    aggregate.hist_keys.push(key);
+                    aggregate.hist_counts.push(count);
+                    merged.record_bucket(key, count);
                 }
                 stats.num_recorded += totals.count;
                 report.aggregates.push(aggregate);

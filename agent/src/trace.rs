@@ -1,9 +1,10 @@
 //! Transactions, the per-thread span buffers, and the keep decision.
 //!
 //! Each thread holds, per agent, one *local trace*: the stack of open transactions and
-//! a buffer of fixed-size span records (ids, timing, status; attached data and
-//! exceptions live in an optional box). When the last open transaction of the local
-//! trace ends, the trace is decided:
+//! a buffer of fixed-size span records (ids, timing, status; the operations of ended
+//! spans, attached data and exceptions live in side vectors that stay empty for spans
+//! ending unkept, so clearing the buffer costs nothing). When the last open transaction
+//! of the local trace ends, the trace is decided:
 //! - kept whole if any span failed, any span was slower than its operation's threshold,
 //!   the remote parent was sampled, or the trace id falls in the sampled share;
 //! - otherwise forgotten (every span was already aggregated when it ended).
@@ -14,7 +15,11 @@
 //!
 //! Each thread also remembers the last few operations it started, so that
 //! [`Agent::transaction`](crate::Agent::transaction) usually finds its operation without
-//! touching the shared tables.
+//! touching the shared tables, and borrows it from there until the transaction ends.
+//!
+//! Transactions are timed in clock ticks (see [`WallClock`](crate::agent::WallClock)):
+//! one read when the transaction starts, one when it ends, and ticks are mapped to Unix
+//! time only for kept spans.
 
 use std::backtrace::Backtrace;
 use std::cell::RefCell;
@@ -30,10 +35,10 @@ use caracal_model::span::{SpanKind, StatusCode};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span, Span, Status};
 
-use crate::agent::Shared;
+use crate::agent::{operation_key, ClockReading, Shared};
 use crate::context::{self, TraceContext};
 use crate::mapping::PeerType;
-use crate::registry::{lock, Operation, OperationKey};
+use crate::registry::{lock, same_text, Operation, OperationKey};
 
 /// OTLP span flags: the W3C sampled bit.
 const FLAG_SAMPLED: u32 = 0x01;
@@ -42,20 +47,75 @@ const FLAG_HAS_IS_REMOTE: u32 = 0x100;
 /// OTLP span flags: the parent is remote.
 const FLAG_IS_REMOTE: u32 = 0x200;
 
-/// Operations remembered per thread by [`cached_operation`].
+/// Operations remembered per thread by [`OperationCache`].
 const NUM_CACHED_OPERATIONS: usize = 8;
 
 thread_local! {
-    static LOCAL_TRACES: RefCell<Vec<LocalTrace>> = const { RefCell::new(Vec::new()) };
-    static OPERATION_CACHE: RefCell<OperationCache> = const { RefCell::new(OperationCache::new()) };
+    static LOCAL: RefCell<ThreadState> = const { RefCell::new(ThreadState::new()) };
+}
+
+/// What a thread keeps: its local trace per agent and its recently used operations,
+/// behind one thread-local so that starting or ending a transaction touches it once.
+#[derive(Debug)]
+struct ThreadState {
+    traces: Vec<LocalTrace>,
+    operations: OperationCache,
+}
+
+impl ThreadState {
+    const fn new() -> Self {
+        Self {
+            traces: Vec::new(),
+            operations: OperationCache::new(),
+        }
+    }
+
+    /// Opens a span in the local trace of `shared` (see [`open_span`]); returns its
+    /// trace and span ids.
+    #[inline]
+    fn open_span(
+        &mut self,
+        shared: &Shared,
+        remote_parent: Option<&TraceContext>,
+    ) -> (TraceId, SpanId) {
+        let span_id = context::new_span_id();
+        (
+            open_span(&mut self.traces, shared, remote_parent, span_id),
+            span_id,
+        )
+    }
+}
+
+/// Runs `apply` on this thread's state, if the thread-local is usable (not during
+/// thread teardown, not re-entered).
+fn with_state<R>(apply: impl FnOnce(&mut ThreadState) -> R) -> Option<R> {
+    LOCAL
+        .try_with(|state| {
+            let mut state = state.try_borrow_mut().ok()?;
+            Some(apply(&mut state))
+        })
+        .ok()
+        .flatten()
 }
 
 /// The operations this thread used last, per agent: a hit skips the tables' lock and
-/// the hash. Holding an operation here also keeps it from being evicted as idle.
+/// the hash, and a transaction started by name borrows the entry instead of cloning
+/// its `Arc` (two atomic read-modify-writes saved). Holding an operation here also
+/// keeps it from being evicted as idle.
 #[derive(Debug)]
 struct OperationCache {
-    entries: [Option<(u64, Arc<Operation>)>; NUM_CACHED_OPERATIONS],
+    entries: [Option<CachedOperation>; NUM_CACHED_OPERATIONS],
+    /// Where the next miss goes (round robin, skipping pinned entries).
     next: usize,
+}
+
+#[derive(Debug)]
+struct CachedOperation {
+    agent_id: u64,
+    operation: Arc<Operation>,
+    /// Open transactions of this thread started from this entry; a pinned entry is
+    /// never replaced.
+    num_pins: u32,
 }
 
 impl OperationCache {
@@ -65,29 +125,64 @@ impl OperationCache {
             next: 0,
         }
     }
-}
 
-/// The interned operation of `key`, from this thread's cache or the registry.
-pub(crate) fn cached_operation(shared: &Shared, key: OperationKey<'_>) -> Arc<Operation> {
-    let cached = OPERATION_CACHE.try_with(|cache| {
-        let mut cache = cache.try_borrow_mut().ok()?;
-        let hit = cache
-            .entries
-            .iter()
-            .flatten()
-            .find(|(agent_id, operation)| *agent_id == shared.id && operation.matches_key(key));
-        if let Some((_, operation)) = hit {
-            return Some(Arc::clone(operation));
+    /// The operation of CAT type `span_type` named `name`, pinned in the cache (found,
+    /// or looked up and cached), or owned when every entry is pinned or the name was
+    /// folded into an overflow entry.
+    ///
+    /// Entries are matched by type and name alone: kind and peer follow from them (see
+    /// [`operation_key`]), and only operations of exactly that key are cached.
+    fn pin(&mut self, shared: &Shared, span_type: &str, name: &str) -> OperationRef<'static> {
+        let hit = self.entries.iter_mut().position(|entry| {
+            entry.as_ref().is_some_and(|entry| {
+                entry.agent_id == shared.id
+                    && same_text(&entry.operation.name, name)
+                    && same_text(&entry.operation.span_type, span_type)
+            })
+        });
+        if let Some(slot) = hit {
+            if let Some(entry) = &mut self.entries[slot] {
+                entry.num_pins += 1;
+            }
+            return OperationRef::Cached(slot);
         }
+        let key = operation_key(span_type, name);
         let operation = shared.registry.operation(key);
-        let slot = cache.next;
-        cache.next = (slot + 1) % NUM_CACHED_OPERATIONS;
-        cache.entries[slot] = Some((shared.id, Arc::clone(&operation)));
-        Some(operation)
-    });
-    match cached {
-        Ok(Some(operation)) => operation,
-        _ => shared.registry.operation(key),
+        if !operation.matches_key(key) {
+            // An overflow entry: looking the name up again counts it again.
+            return OperationRef::Owned(operation);
+        }
+        let free = (0..NUM_CACHED_OPERATIONS)
+            .map(|offset| (self.next + offset) % NUM_CACHED_OPERATIONS)
+            .find(|&slot| {
+                self.entries[slot]
+                    .as_ref()
+                    .is_none_or(|entry| entry.num_pins == 0)
+            });
+        let Some(slot) = free else {
+            return OperationRef::Owned(operation);
+        };
+        self.next = (slot + 1) % NUM_CACHED_OPERATIONS;
+        self.entries[slot] = Some(CachedOperation {
+            agent_id: shared.id,
+            operation,
+            num_pins: 1,
+        });
+        OperationRef::Cached(slot)
+    }
+
+    /// The operation pinned at `slot`.
+    fn get(&self, slot: usize) -> Option<&Arc<Operation>> {
+        self.entries
+            .get(slot)?
+            .as_ref()
+            .map(|entry| &entry.operation)
+    }
+
+    fn unpin(&mut self, slot: usize) {
+        if let Some(Some(entry)) = self.entries.get_mut(slot) {
+            entry.num_pins = entry.num_pins.saturating_sub(1);
+        }
     }
 }
 
@@ -103,10 +198,46 @@ struct LocalTrace {
     /// Spans not buffered because the trace outgrew its buffer.
     num_unbuffered: u64,
     open: Vec<OpenSpan>,
+    /// Plain data, so that clearing it is free: what owns memory lives in
+    /// `operations` and `extras`, which stay empty for spans that end unkept.
     spans: Vec<SpanRecord>,
+    /// Operations of the ended spans in `spans`.
+    operations: Vec<Arc<Operation>>,
+    /// Attached data, status messages and exceptions of spans in `spans`.
+    extras: Vec<SpanExtra>,
 }
 
-#[derive(Debug)]
+impl LocalTrace {
+    /// Forgets the buffered spans, keeping the allocations.
+    #[inline]
+    fn clear_spans(&mut self) {
+        self.spans.clear();
+        if !(self.operations.is_empty() && self.extras.is_empty()) {
+            self.clear_owned();
+        }
+    }
+
+    /// Drops the operations and extras of the buffered spans (only kept or nested spans
+    /// have any).
+    #[cold]
+    #[inline(never)]
+    fn clear_owned(&mut self) {
+        self.operations.clear();
+        self.extras.clear();
+    }
+
+    /// The extra part of buffered record `index`, created on first use.
+    fn extra_mut(&mut self, index: Option<usize>) -> Option<&mut SpanExtra> {
+        let record = self.spans.get_mut(index?)?;
+        let extra = *record.extra.get_or_insert(self.extras.len());
+        if extra == self.extras.len() {
+            self.extras.push(SpanExtra::default());
+        }
+        self.extras.get_mut(extra)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
 struct OpenSpan {
     span_id: SpanId,
     /// Index in `spans`, unless the buffer was full.
@@ -114,20 +245,23 @@ struct OpenSpan {
     failed: bool,
 }
 
-/// A buffered span: fixed size, the rare parts boxed.
-#[derive(Debug)]
+/// A buffered span: fixed size, the rare parts in the trace's side vectors.
+#[derive(Debug, Clone, Copy)]
 struct SpanRecord {
     span_id: SpanId,
     parent_span_id: Option<SpanId>,
     /// Set when the span ends.
     end: Option<EndedSpan>,
-    extra: Option<Box<SpanExtra>>,
+    /// Index in [`LocalTrace::extras`].
+    extra: Option<usize>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct EndedSpan {
-    operation: Arc<Operation>,
-    start: Instant,
+    /// Index in [`LocalTrace::operations`].
+    operation: usize,
+    /// Clock ticks (see [`WallClock::ticks`](crate::agent::WallClock::ticks)) at the end.
+    end_ticks: u64,
     duration_ns: u64,
     failed: bool,
 }
@@ -148,127 +282,167 @@ struct ExceptionRecord {
 }
 
 /// Runs `apply` on this thread's local trace of `agent_id`, if there is one and the
-/// thread-local is usable (not during thread teardown, not re-entered).
+/// thread-local is usable.
 fn with_trace<R>(agent_id: u64, apply: impl FnOnce(&mut LocalTrace) -> R) -> Option<R> {
-    LOCAL_TRACES
-        .try_with(|traces| {
-            let mut traces = traces.try_borrow_mut().ok()?;
-            let trace = traces.iter_mut().find(|trace| trace.agent_id == agent_id)?;
-            Some(apply(trace))
-        })
-        .ok()
-        .flatten()
+    with_state(|state| {
+        let trace = state
+            .traces
+            .iter_mut()
+            .find(|trace| trace.agent_id == agent_id)?;
+        Some(apply(trace))
+    })
+    .flatten()
 }
 
-/// Opens a span, starting a local trace if none is open. Returns its trace and span
-/// ids.
-fn open_span(shared: &Shared, remote_parent: Option<&TraceContext>) -> (TraceId, SpanId) {
-    let span_id = context::new_span_id();
-    let opened = LOCAL_TRACES.try_with(|traces| {
-        let mut traces = traces.try_borrow_mut().ok()?;
-        let position = match traces.iter().position(|trace| trace.agent_id == shared.id) {
-            Some(position) => position,
-            None => {
-                traces.push(LocalTrace {
-                    agent_id: shared.id,
-                    trace_id: TraceId::default(),
-                    remote_parent: None,
-                    keep: false,
-                    num_unbuffered: 0,
-                    open: Vec::new(),
-                    spans: Vec::new(),
-                });
-                traces.len() - 1
-            }
-        };
-        let trace = &mut traces[position];
-        if trace.open.is_empty() {
-            trace.spans.clear();
-            trace.num_unbuffered = 0;
-            match remote_parent {
-                Some(parent) => {
-                    trace.trace_id = parent.trace_id;
-                    trace.remote_parent = Some(parent.span_id);
-                    trace.keep = parent.sampled;
-                }
-                None => {
-                    trace.trace_id = context::new_trace_id();
-                    trace.remote_parent = None;
-                    trace.keep = false;
-                }
-            }
-            trace.keep |= context::trace_id_rank(&trace.trace_id) < shared.sample_threshold;
-        }
-        let parent_span_id = match trace.open.last() {
-            Some(parent) => Some(parent.span_id),
-            None => trace.remote_parent,
-        };
-        let record = if trace.spans.len() < shared.config.max_spans_per_trace {
-            trace.spans.push(SpanRecord {
-                span_id,
-                parent_span_id,
-                end: None,
-                extra: None,
+/// Opens span `span_id` in this thread's local trace of the agent, starting the local
+/// trace if none is open. Returns its trace id.
+#[inline]
+fn open_span(
+    traces: &mut Vec<LocalTrace>,
+    shared: &Shared,
+    remote_parent: Option<&TraceContext>,
+    span_id: SpanId,
+) -> TraceId {
+    let position = match traces.iter().position(|trace| trace.agent_id == shared.id) {
+        Some(position) => position,
+        None => {
+            traces.push(LocalTrace {
+                agent_id: shared.id,
+                trace_id: TraceId::default(),
+                remote_parent: None,
+                keep: false,
+                num_unbuffered: 0,
+                open: Vec::new(),
+                spans: Vec::new(),
+                operations: Vec::new(),
+                extras: Vec::new(),
             });
-            Some(trace.spans.len() - 1)
-        } else {
-            trace.num_unbuffered += 1;
-            None
-        };
-        trace.open.push(OpenSpan {
-            span_id,
-            record,
-            failed: false,
-        });
-        Some(trace.trace_id)
-    });
-    match opened {
-        Ok(Some(trace_id)) => (trace_id, span_id),
-        // No usable thread-local: the span is aggregated but belongs to no trace.
-        _ => (
-            remote_parent.map_or_else(context::new_trace_id, |parent| parent.trace_id),
-            span_id,
-        ),
+            traces.len() - 1
+        }
+    };
+    let trace = &mut traces[position];
+    if trace.open.is_empty() {
+        trace.clear_spans();
+        trace.num_unbuffered = 0;
+        match remote_parent {
+            Some(parent) => {
+                trace.trace_id = parent.trace_id;
+                trace.remote_parent = Some(parent.span_id);
+                trace.keep = parent.sampled;
+            }
+            None => {
+                trace.trace_id = context::new_trace_id();
+                trace.remote_parent = None;
+                trace.keep = false;
+            }
+        }
+        trace.keep |= context::trace_id_rank(&trace.trace_id) < shared.sample_threshold;
     }
+    let parent_span_id = match trace.open.last() {
+        Some(parent) => Some(parent.span_id),
+        None => trace.remote_parent,
+    };
+    let record = if trace.spans.len() < shared.config.max_spans_per_trace {
+        trace.spans.push(SpanRecord {
+            span_id,
+            parent_span_id,
+            end: None,
+            extra: None,
+        });
+        Some(trace.spans.len() - 1)
+    } else {
+        trace.num_unbuffered += 1;
+        None
+    };
+    trace.open.push(OpenSpan {
+        span_id,
+        record,
+        failed: false,
+    });
+    trace.trace_id
+}
+
+/// The trace and span ids of a span opened without a usable thread-local: the span is
+/// aggregated but belongs to no local trace.
+fn standalone_ids(remote_parent: Option<&TraceContext>) -> (TraceId, SpanId) {
+    (
+        remote_parent.map_or_else(context::new_trace_id, |parent| parent.trace_id),
+        context::new_span_id(),
+    )
 }
 
 /// The operation of an open transaction: borrowed from an
-/// [`OperationHandle`](crate::OperationHandle), or owned after a lookup.
+/// [`OperationHandle`](crate::OperationHandle), pinned in the thread's
+/// [`OperationCache`], or owned.
 #[derive(Debug)]
 pub(crate) enum OperationRef<'a> {
     Borrowed(&'a Arc<Operation>),
+    /// A slot of this thread's operation cache, unpinned when the transaction ends.
+    Cached(usize),
     Owned(Arc<Operation>),
 }
 
 impl OperationRef<'_> {
-    fn get(&self) -> &Operation {
+    /// The operation as an owned `Arc` (unpinning a cached one), or `None` if it was
+    /// pinned in a thread-local that is no longer usable.
+    fn into_arc(self) -> Option<Arc<Operation>> {
         match self {
-            Self::Borrowed(operation) => operation,
-            Self::Owned(operation) => operation,
-        }
-    }
-
-    fn into_arc(self) -> Arc<Operation> {
-        match self {
-            Self::Borrowed(operation) => Arc::clone(operation),
-            Self::Owned(operation) => operation,
+            Self::Borrowed(operation) => Some(Arc::clone(operation)),
+            Self::Cached(slot) => with_state(|state| {
+                let operation = state.operations.get(slot).cloned();
+                state.operations.unpin(slot);
+                operation
+            })
+            .flatten(),
+            Self::Owned(operation) => Some(operation),
         }
     }
 }
 
 /// Closes a span: aggregates it, and decides the trace if it was the last open span.
-fn close_span(shared: &Shared, span_id: SpanId, operation: OperationRef<'_>, start: Instant) {
-    let end = Instant::now();
-    let duration_ns =
-        u64::try_from(end.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+/// `end_ticks` is the clock reading at the end, `duration_ns` the span's duration.
+fn close_span(
+    shared: &Shared,
+    span_id: SpanId,
+    operation: OperationRef<'_>,
+    end_ticks: u64,
+    duration_ns: u64,
+) {
     let mut operation = Some(operation);
-    with_trace(shared.id, |trace| {
-        let Some(position) = trace.open.iter().rposition(|open| open.span_id == span_id) else {
-            return;
+    with_state(|state| {
+        let ThreadState {
+            traces, operations, ..
+        } = state;
+        let resolved = match &operation {
+            Some(OperationRef::Borrowed(borrowed)) => *borrowed,
+            Some(OperationRef::Owned(owned)) => owned,
+            Some(OperationRef::Cached(slot)) => operations.get(*slot)?,
+            None => return None,
         };
-        let open = trace.open.remove(position);
-        let Some(operation) = operation.take() else {
-            return;
+        let open = traces
+            .iter_mut()
+            .find(|trace| trace.agent_id == shared.id)
+            .and_then(|trace| {
+                let position = trace
+                    .open
+                    .iter()
+                    .rposition(|open| open.span_id == span_id)?;
+                let open = if position + 1 == trace.open.len() {
+                    trace.open.pop()?
+                } else {
+                    trace.open.remove(position)
+                };
+                Some((trace, open))
+            });
+        let Some((trace, open)) = open else {
+            // Not in a local trace (opened without a usable thread-local): aggregate only.
+            shared
+                .registry
+                .record_operation(resolved, StatusCode::Unset, duration_ns);
+            if let Some(OperationRef::Cached(slot)) = operation.take() {
+                operations.unpin(slot);
+            }
+            return Some(());
         };
         let status = if open.failed {
             StatusCode::Error
@@ -277,34 +451,56 @@ fn close_span(shared: &Shared, span_id: SpanId, operation: OperationRef<'_>, sta
         };
         shared
             .registry
-            .record_operation(operation.get(), status, duration_ns);
-        if open.failed || operation.get().is_slow(duration_ns) {
+            .record_operation(resolved, status, duration_ns);
+        if open.failed || resolved.is_slow(duration_ns) {
             trace.keep = true;
         }
         // The record is needed only if the trace may still be kept.
         let needed = trace.keep || !trace.open.is_empty();
-        if let Some(record) = open.record.and_then(|index| trace.spans.get_mut(index)) {
-            if needed {
-                record.end = Some(EndedSpan {
-                    operation: operation.into_arc(),
-                    start,
+        let record = open.record.filter(|&index| index < trace.spans.len());
+        match (record, operation.take()) {
+            (Some(record), Some(operation)) if needed => {
+                let operation = match operation {
+                    OperationRef::Owned(owned) => owned,
+                    OperationRef::Borrowed(borrowed) => Arc::clone(borrowed),
+                    OperationRef::Cached(slot) => {
+                        let cached = operations.get(slot).cloned()?;
+                        operations.unpin(slot);
+                        cached
+                    }
+                };
+                trace.operations.push(operation);
+                trace.spans[record].end = Some(EndedSpan {
+                    operation: trace.operations.len() - 1,
+                    end_ticks,
                     duration_ns,
                     failed: open.failed,
                 });
             }
+            (_, Some(OperationRef::Cached(slot))) => operations.unpin(slot),
+            _ => {}
         }
         if trace.open.is_empty() {
             if trace.keep {
                 keep_trace(shared, trace);
             }
-            trace.spans.clear();
+            trace.clear_spans();
         }
+        Some(())
     });
-    // The span was not in a local trace (thread-local unusable): aggregate only.
-    if let Some(operation) = operation {
-        shared
-            .registry
-            .record_operation(operation.get(), StatusCode::Unset, duration_ns);
+    // No usable thread-local: aggregate only (a cached operation is lost with it).
+    match operation {
+        Some(OperationRef::Borrowed(operation)) => {
+            shared
+                .registry
+                .record_operation(operation, StatusCode::Unset, duration_ns);
+        }
+        Some(OperationRef::Owned(operation)) => {
+            shared
+                .registry
+                .record_operation(&operation, StatusCode::Unset, duration_ns);
+        }
+        Some(OperationRef::Cached(_)) | None => {}
     }
 }
 
@@ -325,11 +521,12 @@ fn keep_trace(shared: &Shared, trace: &LocalTrace) {
             .fetch_add(num_dropped, Ordering::Relaxed);
         return;
     }
+    let now = shared.clock.reading();
     kept.extend(
         trace
             .spans
             .iter()
-            .filter_map(|record| to_otlp(shared, trace, record)),
+            .filter_map(|record| to_otlp(shared, trace, record, &now)),
     );
     drop(kept);
     shared
@@ -347,11 +544,17 @@ pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn to_otlp(shared: &Shared, trace: &LocalTrace, record: &SpanRecord) -> Option<Span> {
+fn to_otlp(
+    shared: &Shared,
+    trace: &LocalTrace,
+    record: &SpanRecord,
+    now: &ClockReading,
+) -> Option<Span> {
     let ended = record.end.as_ref()?;
-    let operation = &ended.operation;
-    let start_unix_ns = shared.clock.unix_nanos(ended.start);
-    let extra = record.extra.as_deref();
+    let operation = trace.operations.get(ended.operation)?;
+    let end_unix_ns = shared.clock.unix_nanos_of_ticks(now, ended.end_ticks);
+    let start_unix_ns = end_unix_ns.saturating_sub(ended.duration_ns);
+    let extra = record.extra.and_then(|index| trace.extras.get(index));
     let data = extra.map_or(&[][..], |extra| &extra.data[..]);
     let mut attributes = Vec::with_capacity(data.len() + 2);
     if !operation.span_type.is_empty() {
@@ -404,7 +607,7 @@ fn to_otlp(shared: &Shared, trace: &LocalTrace, record: &SpanRecord) -> Option<S
         name: operation.name.to_string(),
         kind: operation.kind as i32,
         start_time_unix_nano: start_unix_ns,
-        end_time_unix_nano: start_unix_ns.saturating_add(ended.duration_ns),
+        end_time_unix_nano: end_unix_ns,
         attributes,
         events,
         status: Some(Status {
@@ -421,23 +624,20 @@ fn to_otlp(shared: &Shared, trace: &LocalTrace, record: &SpanRecord) -> Option<S
     })
 }
 
-/// Runs `apply` on an open span (`span_id`, or the innermost when `None`) and its
-/// buffered record, if any.
-fn with_open_span<R>(
+/// Runs `apply` on the extra part of an open span (`span_id`, or the innermost when
+/// `None`), if it is buffered.
+fn with_open_extra<R>(
     agent_id: u64,
     span_id: Option<SpanId>,
-    apply: impl FnOnce(&mut OpenSpan, Option<&mut SpanRecord>) -> R,
+    apply: impl FnOnce(&mut SpanExtra) -> R,
 ) -> Option<R> {
     with_trace(agent_id, |trace| {
         let open = match span_id {
-            Some(span_id) => trace
-                .open
-                .iter_mut()
-                .rfind(|open| open.span_id == span_id)?,
-            None => trace.open.last_mut()?,
+            Some(span_id) => trace.open.iter().rfind(|open| open.span_id == span_id)?,
+            None => trace.open.last()?,
         };
-        let record = open.record.and_then(|index| trace.spans.get_mut(index));
-        Some(apply(open, record))
+        let record = open.record;
+        trace.extra_mut(record).map(apply)
     })
     .flatten()
 }
@@ -460,10 +660,10 @@ fn fail_span(
         };
         open.failed = true;
         trace.keep = true;
-        let Some(record) = open.record.and_then(|index| trace.spans.get_mut(index)) else {
+        let record = open.record;
+        let Some(extra) = trace.extra_mut(record) else {
             return Some(());
         };
-        let extra = record.extra.get_or_insert_with(Box::default);
         if message.is_some() {
             extra.status_message = message;
         }
@@ -541,23 +741,60 @@ pub struct Transaction<'a> {
     operation: Option<OperationRef<'a>>,
     trace_id: TraceId,
     span_id: SpanId,
-    start: Instant,
+    /// Clock ticks at the start.
+    start_ticks: u64,
+    /// The duration to record instead of the measured one.
+    fixed_duration_ns: Option<u64>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<'a> Transaction<'a> {
+    /// Starts a transaction of a resolved operation.
     pub(crate) fn start(
         shared: &'a Shared,
-        operation: OperationRef<'a>,
+        operation: &'a Arc<Operation>,
         remote_parent: Option<&TraceContext>,
     ) -> Self {
-        let (trace_id, span_id) = open_span(shared, remote_parent);
+        let (trace_id, span_id) = with_state(|state| state.open_span(shared, remote_parent))
+            .unwrap_or_else(|| standalone_ids(remote_parent));
+        Self::started(shared, OperationRef::Borrowed(operation), trace_id, span_id)
+    }
+
+    /// Starts a transaction of CAT type `span_type` named `name`, whose operation is
+    /// found in the thread's cache of operations if it is there.
+    pub(crate) fn start_named(
+        shared: &'a Shared,
+        span_type: &str,
+        name: &str,
+        remote_parent: Option<&TraceContext>,
+    ) -> Self {
+        let started = with_state(|state| {
+            let operation = state.operations.pin(shared, span_type, name);
+            (operation, state.open_span(shared, remote_parent))
+        });
+        let (operation, (trace_id, span_id)) = started.unwrap_or_else(|| {
+            (
+                OperationRef::Owned(shared.registry.operation(operation_key(span_type, name))),
+                standalone_ids(remote_parent),
+            )
+        });
+        Self::started(shared, operation, trace_id, span_id)
+    }
+
+    /// Reads the clock last, so that the bookkeeping above is not timed.
+    fn started(
+        shared: &'a Shared,
+        operation: OperationRef<'a>,
+        trace_id: TraceId,
+        span_id: SpanId,
+    ) -> Self {
         Self {
             shared,
             operation: Some(operation),
             trace_id,
             span_id,
-            start: Instant::now(),
+            start_ticks: shared.clock.ticks(),
+            fixed_duration_ns: None,
             _not_send: PhantomData,
         }
     }
@@ -575,14 +812,8 @@ impl<'a> Transaction<'a> {
     /// Attaches a key-value pair (a span attribute if the trace is kept).
     pub fn add_data(&self, key: impl Into<String>, value: impl Into<String>) {
         let (key, value) = (key.into(), value.into());
-        with_open_span(self.shared.id, Some(self.span_id), |_, record| {
-            if let Some(record) = record {
-                record
-                    .extra
-                    .get_or_insert_with(Box::default)
-                    .data
-                    .push((key, value));
-            }
+        with_open_extra(self.shared.id, Some(self.span_id), |extra| {
+            extra.data.push((key, value));
         });
     }
 
@@ -598,10 +829,9 @@ impl<'a> Transaction<'a> {
     }
 
     fn rekey(&mut self, kind: Option<SpanKind>, peer: Option<&str>) {
-        let Some(operation) = self.operation.take() else {
+        let Some(operation) = self.operation.take().and_then(OperationRef::into_arc) else {
             return;
         };
-        let operation = operation.into_arc();
         let peer_type = match (peer, operation.peer_type) {
             (Some(_), PeerType::None) => PeerType::Service,
             (_, peer_type) => peer_type,
@@ -637,14 +867,18 @@ impl<'a> Transaction<'a> {
     /// Ends the transaction now, recording it as having lasted `duration`: for work
     /// timed elsewhere (a queue wait reported by the broker, a replayed log).
     pub fn finish_with_duration(mut self, duration: std::time::Duration) {
-        self.start = Instant::now().checked_sub(duration).unwrap_or(self.start);
+        self.fixed_duration_ns = Some(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
     }
 }
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
+        let end_ticks = self.shared.clock.ticks();
         if let Some(operation) = self.operation.take() {
-            close_span(self.shared, self.span_id, operation, self.start);
+            let duration_ns = self
+                .fixed_duration_ns
+                .unwrap_or_else(|| self.shared.clock.nanos_between(self.start_ticks, end_ticks));
+            close_span(self.shared, self.span_id, operation, end_ticks, duration_ns);
         }
     }
 }
