@@ -7,6 +7,7 @@
 //! | `CARACAL_AGENT_SAMPLE_RATIO`      | [`AgentBuilder::sample_ratio`]               |
 //! | `CARACAL_AGENT_MAX_KEYS`          | [`AgentBuilder::max_keys`]                   |
 //! | `CARACAL_AGENT_MAX_PENDING_BYTES` | [`AgentBuilder::max_pending_bytes`]          |
+//! | `CARACAL_AGENT_TOKEN`             | [`AgentBuilder::token`]                      |
 //!
 //! A value that does not parse is ignored with a warning; recording never fails because
 //! of configuration.
@@ -66,6 +67,19 @@ pub struct AgentConfig {
     pub max_spans_per_trace: usize,
     /// Backtraces captured per interval by [`Agent::record_error`].
     pub max_backtraces: u32,
+    /// Ingest token sent as `authorization: Bearer <token>` when the collectors
+    /// require one.
+    pub token: Option<AgentToken>,
+}
+
+/// An ingest token; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentToken(pub String);
+
+impl std::fmt::Debug for AgentToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("AgentToken(<redacted>)")
+    }
 }
 
 impl Default for AgentConfig {
@@ -89,6 +103,7 @@ impl Default for AgentConfig {
             max_kept_spans: DEFAULT_MAX_KEPT_SPANS,
             max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
             max_backtraces: DEFAULT_MAX_BACKTRACES,
+            token: None,
         }
     }
 }
@@ -124,6 +139,9 @@ impl AgentConfig {
             "CARACAL_AGENT_MAX_PENDING_BYTES",
         ) {
             self.max_pending_bytes = bytes;
+        }
+        if let Some(token) = get("CARACAL_AGENT_TOKEN") {
+            self.token = Some(AgentToken(token.to_owned()));
         }
     }
 }
@@ -206,6 +224,12 @@ impl AgentBuilder {
         self
     }
 
+    /// Sets the ingest token sent to the collectors.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = Some(AgentToken(token.into()));
+        self
+    }
+
     /// Sets the share of ordinary traces kept whole (clamped to 0.0..=1.0).
     pub fn sample_ratio(mut self, ratio: f64) -> Self {
         self.config.sample_ratio = ratio.clamp(0.0, 1.0);
@@ -277,6 +301,17 @@ mod tests {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn the_token_comes_from_the_environment_and_never_prints() {
+        let builder = AgentBuilder::from_env(&vars(&[("CARACAL_AGENT_TOKEN", " t0k3n ")]));
+        assert_eq!(builder.config().token, Some(AgentToken("t0k3n".into())));
+        assert!(!format!("{:?}", builder.config()).contains("t0k3n"));
+        assert!(crate::exporter::GrpcExporter::new(&["127.0.0.1:1".into()])
+            .unwrap()
+            .with_token("bad\ntoken")
+            .is_err());
     }
 
     #[test]

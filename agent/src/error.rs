@@ -35,6 +35,9 @@ pub enum Error {
         /// The address as given.
         address: String,
     },
+    /// The ingest token cannot be sent as gRPC metadata (it must be printable ASCII).
+    #[error("invalid ingest token (it must be printable ASCII)")]
+    InvalidToken,
     /// A report could not be delivered.
     #[error("failed to export report")]
     Export(#[source] Box<dyn StdError + Send + Sync>),

@@ -44,6 +44,8 @@ pub trait ReportExporter: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug)]
 pub struct GrpcExporter {
     collectors: Vec<Collector>,
+    /// `Bearer <token>`, sent as `authorization` metadata.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// Index of the collector that answered last; tried first.
     current: AtomicUsize,
 }
@@ -86,11 +88,23 @@ impl GrpcExporter {
         }
         Ok(Self {
             collectors,
+            authorization: None,
             current: AtomicUsize::new(0),
         })
     }
 
-    async fn send(collector: &Collector, report: &AgentReport) -> Result<()> {
+    /// Sends `token` as `authorization: Bearer <token>` with every report.
+    pub fn with_token(mut self, token: &str) -> Result<Self> {
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::InvalidToken)?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
+    }
+
+    async fn send(&self, collector: &Collector, report: &AgentReport) -> Result<()> {
         let mut grpc = tonic::client::Grpc::new(collector.channel.clone())
             .send_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Gzip);
@@ -99,13 +113,15 @@ impl GrpcExporter {
                 .await
                 .map_err(|error| Error::Export(error.into()))?;
             let codec = tonic_prost::ProstCodec::<AgentReport, ReportResponse>::default();
-            grpc.unary(
-                tonic::Request::new(report.clone()),
-                PathAndQuery::from_static(REPORT_PATH),
-                codec,
-            )
-            .await
-            .map_err(|status| Error::Export(status.into()))
+            let mut request = tonic::Request::new(report.clone());
+            if let Some(authorization) = &self.authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", authorization.clone());
+            }
+            grpc.unary(request, PathAndQuery::from_static(REPORT_PATH), codec)
+                .await
+                .map_err(|status| Error::Export(status.into()))
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
             Ok(result) => result.map(drop),
@@ -122,7 +138,7 @@ impl ReportExporter for GrpcExporter {
             for offset in 0..self.collectors.len() {
                 let index = (first + offset) % self.collectors.len();
                 let collector = &self.collectors[index];
-                match Self::send(collector, report).await {
+                match self.send(collector, report).await {
                     Ok(()) => {
                         self.current.store(index, Ordering::Relaxed);
                         return Ok(());

@@ -237,7 +237,12 @@ impl Reporter {
         } = self;
         let exporter = match exporter {
             Some(exporter) => exporter,
-            None => match GrpcExporter::new(&shared.config.collector_addrs) {
+            None => match GrpcExporter::new(&shared.config.collector_addrs).and_then(|exporter| {
+                match &shared.config.token {
+                    Some(token) => exporter.with_token(&token.0),
+                    None => Ok(exporter),
+                }
+            }) {
                 Ok(exporter) => Arc::new(exporter),
                 Err(error) => {
                     tracing::warn!(%error, "no usable collector address; nothing will be reported");

@@ -7,4 +7,5 @@ mod ingest;
 mod metrics;
 mod scaling;
 mod spool;
+mod tenancy;
 mod zipkin;
