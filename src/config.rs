@@ -137,10 +137,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.collector.ingest_tokens.tenant_for(Some(b"Bearer in-1")),
+            config
+                .collector
+                .ingest_tokens
+                .tenant_for(Some(b"Bearer in-1")),
             Ok("team-a")
         );
-        assert_eq!(config.query.tokens.tenant_for(Some(b"Bearer q-1")), Ok("team-a"));
+        assert_eq!(
+            config.query.tokens.tenant_for(Some(b"Bearer q-1")),
+            Ok("team-a")
+        );
         let invalid = "[[collector.ingest_tokens]]\ntoken = \"in-1\"\ntenant = \"a b\"\n";
         let error = format!("{:#}", CaracalConfig::from_toml(invalid).unwrap_err());
         assert!(error.contains("tenant must be"), "{error}");

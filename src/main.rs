@@ -72,11 +72,21 @@ struct CommonOptions {
     ui_dir: Option<PathBuf>,
     /// Ingest tokens as `token=tenant,...` [default: none: one open tenant, loopback
     /// only].
-    #[arg(long, global = true, env = "CARACAL_INGEST_TOKENS", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CARACAL_INGEST_TOKENS",
+        hide_env_values = true
+    )]
     ingest_tokens: Option<String>,
     /// Query tokens as `token=tenant,...` [default: none: one open tenant, loopback
     /// only].
-    #[arg(long, global = true, env = "CARACAL_QUERY_TOKENS", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CARACAL_QUERY_TOKENS",
+        hide_env_values = true
+    )]
     query_tokens: Option<String>,
     /// Folder of the collector's durable spool [default: .caracal/spool].
     #[arg(long, global = true, env = "CARACAL_SPOOL_DIR")]
@@ -181,7 +191,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = cli.options.resolve()?;
-    config.collector.check_exposure().map_err(anyhow::Error::msg)?;
+    config
+        .collector
+        .check_exposure()
+        .map_err(anyhow::Error::msg)?;
     config.query.check_exposure().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
