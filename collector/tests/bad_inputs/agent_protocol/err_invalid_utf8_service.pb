@@ -1,0 +1,2 @@
+
+	checkÿout

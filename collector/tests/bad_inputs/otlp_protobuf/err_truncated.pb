@@ -1,0 +1,8 @@
+
+V
+
+
+service.name
+
+checkout64
+

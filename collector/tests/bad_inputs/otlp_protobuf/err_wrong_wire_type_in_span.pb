@@ -1,0 +1,7 @@
+
+1
+
+
+service.name
+
+checkout:not a fixed64
