@@ -41,6 +41,9 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The memory bound is counted in units of this many bytes.
 const MEMORY_UNIT_BYTES: u64 = 1024;
 
+/// How long a request may wait for its turn to be decoded before it is refused.
+const DECODE_WAIT: Duration = Duration::from_secs(5);
+
 /// A request's share of the memory bound, held until it is answered.
 pub type MemoryPermit = OwnedSemaphorePermit;
 
@@ -55,6 +58,9 @@ pub struct IngestSettings {
     pub max_spans_per_request: usize,
     /// Bound on the protobuf size of requests held by the writer.
     pub max_memory_bytes: u64,
+    /// Bound on the request bytes being decoded at once (decoded spans can take up to
+    /// about 130 times their wire size for adversarial input, 3 for real spans).
+    pub max_decoding_bytes: u64,
     /// The spool's size, when there is one: requests are refused while it is full.
     pub spool: Option<SpoolUsage>,
     /// Ingest tokens; empty means one open default tenant.
@@ -107,8 +113,9 @@ pub struct Ingest {
     queue: mpsc::Sender<WriteRequest>,
     settings: Arc<IngestSettings>,
     /// Units of the memory bound not held by any request.
-    memory: Arc<Semaphore>,
-    memory_units: u32,
+    memory: Budget,
+    /// Units of the decoding bound not held by any request being decoded.
+    decoding: Budget,
     metrics: CollectorMetrics,
 }
 
@@ -119,13 +126,11 @@ impl Ingest {
         settings: IngestSettings,
         metrics: CollectorMetrics,
     ) -> Self {
-        let memory_units = (settings.max_memory_bytes / MEMORY_UNIT_BYTES)
-            .clamp(1, u64::from(u32::MAX >> 3)) as u32;
         Self {
             queue,
+            memory: Budget::new(settings.max_memory_bytes),
+            decoding: Budget::new(settings.max_decoding_bytes),
             settings: Arc::new(settings),
-            memory: Arc::new(Semaphore::new(memory_units as usize)),
-            memory_units,
             metrics,
         }
     }
@@ -135,15 +140,15 @@ impl Ingest {
         &self,
         request: &ExportTraceServiceRequest,
     ) -> Result<MemoryPermit, IngestError> {
-        let units = (request.encoded_len() as u64).div_ceil(MEMORY_UNIT_BYTES);
-        // A request larger than the whole bound waits for all of it.
-        let units = units.clamp(1, u64::from(self.memory_units)) as u32;
-        let acquire = self.memory.clone().acquire_many_owned(units);
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, acquire).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(IngestError::ShuttingDown),
-            Err(_elapsed) => Err(IngestError::Overloaded),
-        }
+        self.memory
+            .reserve(request.encoded_len() as u64, ENQUEUE_TIMEOUT)
+            .await
+    }
+
+    /// Reserves room to decode a body of about `num_bytes`; hold the permit while
+    /// decoding, so what decoding allocates stays bounded whatever the input.
+    pub async fn reserve_decoding(&self, num_bytes: usize) -> Result<MemoryPermit, IngestError> {
+        self.decoding.reserve(num_bytes as u64, DECODE_WAIT).await
     }
 
     /// The metrics every receiver counts in.
@@ -259,4 +264,55 @@ pub fn authorization(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|value| value.as_bytes())
+}
+
+/// A bound in bytes, counted in [`MEMORY_UNIT_BYTES`] units.
+#[derive(Debug, Clone)]
+struct Budget {
+    units: Arc<Semaphore>,
+    total_units: u32,
+}
+
+impl Budget {
+    fn new(max_bytes: u64) -> Self {
+        let total_units = (max_bytes / MEMORY_UNIT_BYTES).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        Self {
+            units: Arc::new(Semaphore::new(total_units as usize)),
+            total_units,
+        }
+    }
+
+    /// Takes `num_bytes` of the budget (all of it, at most), waiting up to `wait`.
+    async fn reserve(&self, num_bytes: u64, wait: Duration) -> Result<MemoryPermit, IngestError> {
+        let units = num_bytes
+            .div_ceil(MEMORY_UNIT_BYTES)
+            .clamp(1, u64::from(self.total_units)) as u32;
+        let acquire = self.units.clone().acquire_many_owned(units);
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(IngestError::ShuttingDown),
+            Err(_elapsed) => Err(IngestError::Overloaded),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_budget_refuses_beyond_its_bound_and_frees_on_drop() {
+        let budget = Budget::new(64 * 1024);
+        let wait = Duration::from_millis(50);
+        let first = budget.reserve(48 * 1024, wait).await.unwrap();
+        assert!(matches!(
+            budget.reserve(32 * 1024, wait).await,
+            Err(IngestError::Overloaded)
+        ));
+        // Larger than the whole bound: waits for all of it.
+        assert!(budget.reserve(1 << 30, wait).await.is_err());
+        drop(first);
+        let whole = budget.reserve(1 << 30, wait).await.unwrap();
+        assert_eq!(whole.num_permits(), 64);
+    }
 }

@@ -177,10 +177,12 @@ impl UnaryService<Bytes> for ExportHandler {
             let body = request.into_inner();
             let exported = async {
                 let tenant = tenant?;
+                let decoding = ingest.reserve_decoding(body.len()).await?;
                 let decoded =
                     caracal_model::lenient::decode_export_request(&body).map_err(|error| {
                         IngestError::Malformed(format!("invalid protobuf: {error}"))
                     })?;
+                drop(decoding);
                 let notes = DecodeNotes::invalid_utf8(decoded.num_invalid_utf8);
                 ingest.export(&tenant, decoded.request, notes).await
             };

@@ -71,10 +71,12 @@ async fn handle(
     let tenant = state.ingest.tenant_for(authorization(headers))?;
     let limit = state.max_request_bytes;
     let raw = RawBody::new(headers, body, limit)?;
+    let decoding = state.ingest.reserve_decoding(raw.estimated_size()).await?;
     let (request, notes) = decode_off_thread(raw.estimated_size(), move || {
         decode::decode_spans(&raw.decode(limit)?)
     })
     .await?;
+    drop(decoding);
     state.ingest.export(&tenant, request, notes).await
 }
 

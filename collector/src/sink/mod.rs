@@ -44,6 +44,7 @@ pub fn start(
         },
         max_spans_per_request: config.max_spans_per_request,
         max_memory_bytes: config.max_memory_bytes,
+        max_decoding_bytes: config.max_request_bytes as u64,
         spool: spool.as_ref().map(spool::Spool::usage),
         tokens: tokens.clone(),
     };
