@@ -190,6 +190,11 @@ prepare_dir() {
 
 cmd_start() {
     init_paths
+    # Concurrent starts (test processes run in parallel) take turns on a lock in the
+    # data folder: the first starts the server, the others find it running.
+    mkdir -p "$CH_DIR"
+    exec 9>"$CH_DIR/start.lock"
+    flock 9
     local pid
     if pid="$(recorded_pid)"; then
         if ping_ok; then
@@ -230,6 +235,7 @@ cmd_start() {
     # and $! is the server's PID.
     (
         cd "$CH_DIR"
+        exec 9>&- # the server must not hold the start lock
         exec setsid nohup "$bin" --config-file="$CH_DIR/etc/config.xml" \
             </dev/null >>"$CH_DIR/log/stdout.log" 2>&1
     ) &

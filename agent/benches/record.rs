@@ -96,6 +96,40 @@ fn record(criterion: &mut Criterion) {
     group.bench_function("caracal_agent_operation_handle", |bencher| {
         bencher.iter(|| black_box(&handle).transaction().finish());
     });
+    group.bench_function("caracal_agent_two_threads_one_operation", |bencher| {
+        // Both cores record the same operation: the time per span each thread sees.
+        bencher.iter_custom(|iterations| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| {
+                        for _ in 0..iterations {
+                            black_box(&handle).transaction().finish();
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
+    let other_handle = agent.operation("URL", "GET /payments/{id}");
+    group.bench_function("caracal_agent_two_threads_two_operations", |bencher| {
+        // Each core records its own operation: what parallel recording costs without
+        // sharing an operation.
+        bencher.iter_custom(|iterations| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for handle in [&handle, &other_handle] {
+                    scope.spawn(move || {
+                        for _ in 0..iterations {
+                            black_box(handle).transaction().finish();
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    });
     group.bench_function("opentelemetry_sdk_batch", |bencher| {
         bencher.iter(|| batch_tracer.start(black_box("GET /orders/{id}")).end());
     });

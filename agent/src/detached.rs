@@ -141,9 +141,7 @@ impl DetachedTransaction {
         } else {
             StatusCode::Unset
         };
-        shared
-            .registry
-            .record_operation(&self.operation, status, duration_ns);
+        crate::trace::record_ended(shared, &self.operation, status, duration_ns);
         if !(self.keep || self.failed || self.operation.is_slow(duration_ns)) {
             return;
         }

@@ -32,19 +32,22 @@
 //! - [`demo`]: a simulated multi-service system for `caracal demo`.
 //! - [`error`]: the one error type, returned only by shutdown and exporters.
 //!
-//! **Architecture invariant:** the agent never blocks the caller. Recording takes
-//! shared locks and short per-key mutexes only, allocates nothing for a known key once
-//! warm, never returns an error and never panics; all I/O happens on the reporter's own
-//! thread.
+//! **Architecture invariant:** the agent never blocks the caller. Recording takes no
+//! lock for a known operation (short ones when interning a new key, or when a thread's
+//! span ring is full), allocates nothing for a known key once warm, never returns an
+//! error and never panics; all I/O happens on the reporter's own thread.
 //!
 //! The hot path of a transaction, for a known name: one thread-local access at each
 //! end, a per-thread cache of recently used operations (else a hash lookup by borrowed
 //! `&str` under a shared read lock), two TSC clock reads (`quanta`, under half the cost
-//! of `Instant::now()`), a push and pop on the thread's span buffer, and at the end
-//! one per-operation mutex around the totals and the histogram's table. No global
-//! exclusive lock, no allocation, and no reference count touched unless the span's
-//! record must outlive it (nested or kept); the buffer being written is chosen by an
-//! interval epoch, so the reporter's swap never waits for recorders, nor they for it.
+//! of `Instant::now()`), a push and pop on the thread's span buffer, and at the end a
+//! push of `(operation slot, status, duration)` into the thread's span ring (`rtrb`, a
+//! wait-free single-producer ring: plain stores, no read-modify-write). The reporter's
+//! thread drains every ring each 10 ms and before each swap, adding the spans to the
+//! active buffer under each operation's mutex, a run of spans at a time; a thread whose
+//! ring is full drains the rings itself. So threads recording one hot operation never
+//! contend for its lock, and no reference count is touched unless the span's record
+//! must outlive it (nested or kept).
 //!
 //! # Getting started
 //!

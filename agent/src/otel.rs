@@ -247,9 +247,7 @@ impl SpanProcessor for CaracalSpanProcessor {
             otel_trace::Status::Ok => StatusCode::Ok,
             otel_trace::Status::Error { .. } => StatusCode::Error,
         };
-        shared
-            .registry
-            .record_operation(&operation, status, duration_ns);
+        crate::trace::record_ended(shared, &operation, status, duration_ns);
         let keep = status == StatusCode::Error
             || operation.is_slow(duration_ns)
             || span.span_context.is_sampled();

@@ -9,10 +9,15 @@
 //!
 //! Hot path, for a known key: a hash lookup by borrowed `&str` key under a shared read
 //! lock of the tables (never exclusive; skipped altogether with an
-//! [`OperationHandle`](crate::OperationHandle)), then a per-entry, per-buffer mutex
-//! (operations, metrics) or an atomic add (events). Nothing is allocated once every
-//! histogram has seen the buckets of its values. A new key takes the write lock once to
-//! insert.
+//! [`OperationHandle`](crate::OperationHandle) or the thread's operation cache). An
+//! ended span is then pushed into the recording thread's span ring
+//! ([`Registry::record_via`]) as `(slot, status, duration)`: each interned operation
+//! has a slot number, and the aggregator ([`Registry::drain_rings`], on the reporter's
+//! thread every few milliseconds and before every swap) resolves it and adds the span
+//! under the entry's per-buffer mutex, which therefore only the aggregator and rare
+//! direct recorders take. Events and metrics take the mutex (or an atomic add)
+//! directly. Nothing is allocated once every histogram has seen the buckets of its
+//! values. A new key takes the write lock once to insert.
 //!
 //! **Architecture invariant:** once [`Registry::drain`] has read a buffer, nothing is
 //! written to it until it becomes active again. Events and metrics read the active
@@ -24,11 +29,13 @@
 //! Cardinality is capped per table: once a table holds `max_keys` entries, unknown keys
 //! are folded into an overflow entry named [`OVERFLOW_NAME`] (one per span kind, event
 //! status or metric kind), and [`Registry::overflowed`] counts the folded recordings.
-//! Entries idle for [`EVICT_AFTER_INTERVALS`] intervals are removed, freeing their slots.
+//! Entries idle for [`EVICT_AFTER_INTERVALS`] intervals are removed. An evicted
+//! operation's slot is freed only by the next ring drain, since a ring may still hold
+//! a span of it; such a span is recorded into the operation interned anew.
 
 use std::collections::HashMap as StdHashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use caracal_model::histogram::LatencyHistogram;
@@ -101,6 +108,9 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 trait Entry {
     /// The borrowed form of the entry's key, used for lookups.
     type Key<'a>: Hash + Copy;
+    /// References the registry itself holds to a live entry (the table's, and for
+    /// operations the slot's): more means someone outside uses it.
+    const REGISTRY_REFERENCES: usize = 1;
 
     /// Builds the entry of a new key (allocates its strings).
     fn new(key: Self::Key<'_>) -> Self;
@@ -203,6 +213,11 @@ pub(crate) struct Operation {
     /// Durations above this many nanoseconds make a trace slow.
     slow_threshold_ns: AtomicU64,
     idle_intervals: AtomicU32,
+    /// Index in the registry's slots, which is how span rings name the operation
+    /// (set while the tables are locked for the insertion, before anyone else sees it).
+    slot: AtomicU32,
+    /// Evicted from the table: rings may still name it until their next drain.
+    retired: AtomicBool,
     totals: [[Mutex<Totals>; NUM_STATUSES]; NUM_BUFFERS],
 }
 
@@ -226,6 +241,12 @@ impl Operation {
             && same_text(&self.peer, key.peer)
     }
 
+    /// How a [`RecordedSpan`] names this operation.
+    #[inline]
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot.load(Ordering::Relaxed)
+    }
+
     /// Whether a span of this operation lasting `nanos` is slow.
     pub(crate) fn is_slow(&self, nanos: u64) -> bool {
         nanos > self.slow_threshold_ns.load(Ordering::Relaxed)
@@ -241,6 +262,7 @@ impl Operation {
 
 impl Entry for Operation {
     type Key<'a> = OperationKey<'a>;
+    const REGISTRY_REFERENCES: usize = 2;
 
     fn new(key: OperationKey<'_>) -> Self {
         Self {
@@ -251,6 +273,8 @@ impl Entry for Operation {
             peer_type: key.peer_type,
             slow_threshold_ns: AtomicU64::new(NO_THRESHOLD),
             idle_intervals: AtomicU32::new(0),
+            slot: AtomicU32::new(u32::MAX),
+            retired: AtomicBool::new(false),
             totals: Default::default(),
         }
     }
@@ -448,10 +472,55 @@ pub(crate) struct ThresholdConfig {
     pub(crate) learn_min_count: u64,
 }
 
+/// A span that ended on an application thread, on its way to the aggregator.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordedSpan {
+    /// The operation's [slot](Operation::slot).
+    slot: u32,
+    status: StatusCode,
+    nanos: u64,
+}
+
+/// The sending end of a span ring: one per recording thread and agent.
+pub(crate) type SpanRing = rtrb::Producer<RecordedSpan>;
+
+/// Spans a ring holds; when it is full (the aggregator is late), the thread records
+/// directly, under the operation's lock.
+const RING_CAPACITY: usize = 1_024;
+
+/// Operations by slot, for the aggregator to resolve the spans of the rings.
+#[derive(Debug, Default)]
+struct Slots {
+    operations: Vec<Option<Arc<Operation>>>,
+    free: Vec<u32>,
+    /// Slots of evicted operations: freed by the next ring drain, once no ring can
+    /// still name them.
+    retired: Vec<u32>,
+}
+
+impl Slots {
+    fn assign(&mut self, operation: &Arc<Operation>) {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.operations.push(None);
+                u32::try_from(self.operations.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        if let Some(entry) = self.operations.get_mut(slot as usize) {
+            *entry = Some(Arc::clone(operation));
+        }
+        operation.slot.store(slot, Ordering::Relaxed);
+    }
+}
+
 /// The aggregation tables of one agent.
 #[derive(Debug)]
 pub(crate) struct Registry {
     tables: RwLock<Tables>,
+    slots: Mutex<Slots>,
+    /// The receiving ends of the threads' span rings.
+    rings: Mutex<Vec<rtrb::Consumer<RecordedSpan>>>,
     hasher: DefaultHashBuilder,
     max_keys: usize,
     thresholds: ThresholdConfig,
@@ -480,6 +549,8 @@ impl Registry {
                 events: Table::new(),
                 metrics: Table::new(),
             }),
+            slots: Mutex::default(),
+            rings: Mutex::default(),
             hasher: DefaultHashBuilder::default(),
             max_keys,
             thresholds,
@@ -499,7 +570,7 @@ impl Registry {
     fn with_entry<T, R>(
         &self,
         key: T::Key<'_>,
-        init: impl FnOnce(&T),
+        init: impl FnOnce(&Arc<T>),
         apply: impl FnOnce(&Arc<T>, usize) -> R,
     ) -> R
     where
@@ -552,6 +623,7 @@ impl Registry {
                         .slow_threshold_ns
                         .store(*threshold, Ordering::Relaxed);
                 }
+                lock(&self.slots).assign(operation);
             },
             |operation, _| Arc::clone(operation),
         )
@@ -563,13 +635,129 @@ impl Registry {
     /// and a recorder that raced with a swap (its buffer was drained after it read the
     /// epoch) retries with the new epoch, so nothing is lost or reported late.
     pub(crate) fn record_operation(&self, operation: &Operation, status: StatusCode, nanos: u64) {
+        self.record_run(operation, status, nanos, || None);
+    }
+
+    /// Adds a run of spans of one operation and status (`first`, then what `next`
+    /// yields) under one lock of the entry.
+    fn record_run(
+        &self,
+        operation: &Operation,
+        status: StatusCode,
+        first: u64,
+        mut next: impl FnMut() -> Option<u64>,
+    ) {
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             let mut totals = lock(&operation.totals[buffer_of(epoch)][status as usize]);
             if totals.drained_epoch < epoch {
-                totals.record(nanos);
+                totals.record(first);
+                while let Some(nanos) = next() {
+                    totals.record(nanos);
+                }
                 return;
             }
+        }
+    }
+
+    /// A new span ring for a recording thread (see [`Registry::record_via`]).
+    pub(crate) fn new_ring(&self) -> SpanRing {
+        let (producer, consumer) = rtrb::RingBuffer::new(RING_CAPACITY);
+        lock(&self.rings).push(consumer);
+        producer
+    }
+
+    /// Records one span of `operation` through the thread's `ring`: a few plain stores,
+    /// no lock, nothing shared written but the ring's own tail. The aggregator adds it
+    /// to the active buffer at its next [drain](Registry::drain_rings); a full ring
+    /// (the aggregator is late) records directly instead.
+    #[inline]
+    pub(crate) fn record_via(
+        &self,
+        ring: &mut SpanRing,
+        operation: &Operation,
+        status: StatusCode,
+        nanos: u64,
+    ) {
+        let span = RecordedSpan {
+            slot: operation.slot(),
+            status,
+            nanos,
+        };
+        if let Err(rtrb::PushError::Full(span)) = ring.push(span) {
+            self.record_when_full(ring, operation, span);
+        }
+    }
+
+    /// The ring of this thread is full: drain every ring here and now (once per ring's
+    /// worth of spans, when the thread records faster than the reporter drains), unless
+    /// the reporter is draining, in which case the span is recorded directly.
+    #[cold]
+    #[inline(never)]
+    fn record_when_full(&self, ring: &mut SpanRing, operation: &Operation, span: RecordedSpan) {
+        if let Ok(mut rings) = self.rings.try_lock() {
+            self.drain_locked(&mut rings);
+            drop(rings);
+            if ring.push(span).is_ok() {
+                return;
+            }
+        }
+        self.record_operation(operation, span.status, span.nanos);
+    }
+
+    /// Adds every span waiting in the rings to the active buffer, and frees the slots
+    /// of operations evicted before this drain (no ring can name them any more: an
+    /// operation is evicted only once nobody outside the registry holds it, and its
+    /// spans were pushed before that). Runs every few milliseconds on the reporter's
+    /// thread, and before every [swap](Registry::swap).
+    pub(crate) fn drain_rings(&self) {
+        self.drain_locked(&mut lock(&self.rings));
+    }
+
+    fn drain_locked(&self, rings: &mut Vec<rtrb::Consumer<RecordedSpan>>) {
+        let mut orphans = Vec::new();
+        {
+            let mut slots = lock(&self.slots);
+            let retired = std::mem::take(&mut slots.retired);
+            for ring in rings.iter_mut() {
+                let Ok(chunk) = ring.read_chunk(ring.slots()) else {
+                    continue;
+                };
+                let (first, second) = chunk.as_slices();
+                let mut spans = first.iter().chain(second).peekable();
+                while let Some(span) = spans.next() {
+                    match slots.operations.get(span.slot as usize) {
+                        Some(Some(operation)) if !operation.retired.load(Ordering::Relaxed) => {
+                            // Consecutive spans of one operation and status: one lock.
+                            self.record_run(operation, span.status, span.nanos, || {
+                                spans
+                                    .next_if(|next| {
+                                        next.slot == span.slot && next.status == span.status
+                                    })
+                                    .map(|next| next.nanos)
+                            });
+                        }
+                        Some(Some(operation)) => orphans.push((Arc::clone(operation), *span)),
+                        // Unreachable: a slot is freed only after the drain following
+                        // its operation's eviction.
+                        Some(None) | None => {}
+                    }
+                }
+                chunk.commit_all();
+            }
+            for slot in retired {
+                if let Some(entry) = slots.operations.get_mut(slot as usize) {
+                    *entry = None;
+                    slots.free.push(slot);
+                }
+            }
+        }
+        rings.retain(|ring| !(ring.is_abandoned() && ring.is_empty()));
+        // A span of an operation evicted after it ended: record it into the operation
+        // interned anew for the same key.
+        for (retired, span) in orphans {
+            let operation = self.operation(retired.key());
+            self.record_operation(&operation, span.status, span.nanos);
         }
     }
 
@@ -607,6 +795,7 @@ impl Registry {
 
     /// Makes the other buffer active and returns the epoch to drain.
     pub(crate) fn swap(&self) -> u64 {
+        self.drain_rings();
         let mut tables = write(&self.tables);
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel);
         tables.active = buffer_of(epoch + 1);
@@ -732,10 +921,16 @@ impl Registry {
         let before = tables.operations.entries.len()
             + tables.events.entries.len()
             + tables.metrics.entries.len();
-        tables
-            .operations
-            .entries
-            .retain(|entry| !is_evictable(entry, active));
+        let mut slots = lock(&self.slots);
+        tables.operations.entries.retain(|operation| {
+            let evict = is_evictable(operation, active);
+            if evict {
+                operation.retired.store(true, Ordering::Relaxed);
+                slots.retired.push(operation.slot());
+            }
+            !evict
+        });
+        drop(slots);
         tables
             .events
             .entries
@@ -771,7 +966,7 @@ fn track_idle<T: Entry>(entry: &T, was_empty: bool) -> bool {
 /// table (an open transaction holds its operation).
 fn is_evictable<T: Entry>(entry: &Arc<T>, active: usize) -> bool {
     entry.idle_intervals().load(Ordering::Relaxed) >= EVICT_AFTER_INTERVALS
-        && Arc::strong_count(entry) == 1
+        && Arc::strong_count(entry) == T::REGISTRY_REFERENCES
         && entry.is_empty(active)
 }
 
@@ -903,6 +1098,73 @@ mod tests {
         total += drain(&registry, 0).1.num_recorded;
         total += drain(&registry, 0).1.num_recorded;
         assert_eq!(total, 2 * num_per_thread);
+    }
+
+    #[test]
+    fn spans_through_rings_are_counted_once_whatever_the_swaps() {
+        let registry = registry(10);
+        let operation = registry.operation(key("GET /"));
+        // More spans per thread than a ring holds, so each thread also drains in place.
+        let num_per_thread = 20 * RING_CAPACITY as u64;
+        let mut total = 0;
+        let mut sum_ns = 0;
+        let mut collect = |report: AgentReport, stats: DrainStats| {
+            total += stats.num_recorded;
+            sum_ns += report.aggregates.iter().map(|row| row.sum_ns).sum::<u64>();
+        };
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut ring = registry.new_ring();
+                        for nanos in 1..=num_per_thread {
+                            registry.record_via(&mut ring, &operation, StatusCode::Unset, nanos);
+                        }
+                    })
+                })
+                .collect();
+            while writers.iter().any(|writer| !writer.is_finished()) {
+                let (report, stats) = drain(&registry, 0);
+                collect(report, stats);
+            }
+        });
+        let (report, stats) = drain(&registry, 0);
+        collect(report, stats);
+        assert_eq!(total, 2 * num_per_thread);
+        assert_eq!(sum_ns, num_per_thread * (num_per_thread + 1));
+        assert!(
+            lock(&registry.rings).is_empty(),
+            "rings of ended threads are dropped"
+        );
+    }
+
+    #[test]
+    fn a_span_of_an_evicted_operation_still_counts_and_slots_are_reused() {
+        let registry = registry(10);
+        let mut ring = registry.new_ring();
+        let operation = registry.operation(key("late"));
+        let slot = operation.slot();
+        for _ in 0..=EVICT_AFTER_INTERVALS {
+            drain(&registry, 0);
+        }
+        // The span ends after the operation's last idle interval, and the handle that
+        // recorded it is gone before the drain that evicts the operation.
+        registry.record_via(&mut ring, &operation, StatusCode::Error, 7);
+        drop(operation);
+        assert_eq!(registry.evict_idle(), 1);
+        assert_eq!(registry.num_operations(), 0);
+        let (report, _) = drain(&registry, 0);
+        let rows: Vec<_> = report
+            .aggregates
+            .iter()
+            .map(|row| (row.name.as_str(), row.status, row.count, row.sum_ns))
+            .collect();
+        assert_eq!(rows, [("late", StatusCode::Error as u32, 1, 7)]);
+        // The ring drain freed the evicted slot before re-interning the operation, which
+        // took the slot again.
+        let reinterned = registry.operation(key("late"));
+        assert_eq!(reinterned.slot(), slot);
+        assert_eq!(lock(&registry.slots).operations.len(), 1);
     }
 
     #[test]

@@ -45,6 +45,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Name of the reporter thread.
 const THREAD_NAME: &str = "caracal-agent";
+/// How often the spans the application threads pushed into their rings are aggregated
+/// (a ring holds 1,024: this keeps up with 100,000 spans per second and thread; a
+/// faster thread drains the rings itself when its ring is full).
+const RING_DRAIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// Aggregates the spans of the threads' rings every [`RING_DRAIN_PERIOD`], so that a
+/// ring never fills while the reporter waits for a boundary or a delivery.
+async fn drain_rings_periodically(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(RING_DRAIN_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.registry.drain_rings();
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// A request from the application to the reporter.
 #[derive(Debug)]
@@ -250,6 +275,8 @@ impl Reporter {
                 }
             },
         };
+        let _ring_drainer =
+            AbortOnDrop(tokio::spawn(drain_rings_periodically(Arc::clone(&shared))));
         let start_unix_ns = start_unix_ns.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -38,7 +38,7 @@ use opentelemetry_proto::tonic::trace::v1::{span, Span, Status};
 use crate::agent::{operation_key, ClockReading, Shared};
 use crate::context::{self, TraceContext};
 use crate::mapping::PeerType;
-use crate::registry::{lock, same_text, Operation, OperationKey};
+use crate::registry::{lock, same_text, Operation, OperationKey, SpanRing};
 
 /// OTLP span flags: the W3C sampled bit.
 const FLAG_SAMPLED: u32 = 0x01;
@@ -205,6 +205,8 @@ struct LocalTrace {
     operations: Vec<Arc<Operation>>,
     /// Attached data, status messages and exceptions of spans in `spans`.
     extras: Vec<SpanExtra>,
+    /// Where this thread's ended spans go to be aggregated.
+    ring: SpanRing,
 }
 
 impl LocalTrace {
@@ -294,18 +296,14 @@ fn with_trace<R>(agent_id: u64, apply: impl FnOnce(&mut LocalTrace) -> R) -> Opt
     .flatten()
 }
 
-/// Opens span `span_id` in this thread's local trace of the agent, starting the local
-/// trace if none is open. Returns its trace id.
+/// This thread's local trace of the agent, created (with its span ring) at first use.
 #[inline]
-fn open_span(
-    traces: &mut Vec<LocalTrace>,
-    shared: &Shared,
-    remote_parent: Option<&TraceContext>,
-    span_id: SpanId,
-) -> TraceId {
+fn trace_of<'t>(traces: &'t mut Vec<LocalTrace>, shared: &Shared) -> &'t mut LocalTrace {
     let position = match traces.iter().position(|trace| trace.agent_id == shared.id) {
         Some(position) => position,
         None => {
+            // Forget the traces of agents that are gone (their rings' readers are).
+            traces.retain(|trace| !(trace.open.is_empty() && trace.ring.is_abandoned()));
             traces.push(LocalTrace {
                 agent_id: shared.id,
                 trace_id: TraceId::default(),
@@ -316,11 +314,45 @@ fn open_span(
                 spans: Vec::new(),
                 operations: Vec::new(),
                 extras: Vec::new(),
+                ring: shared.registry.new_ring(),
             });
             traces.len() - 1
         }
     };
-    let trace = &mut traces[position];
+    &mut traces[position]
+}
+
+/// Aggregates a span that ended outside the thread's transaction stack (an
+/// OpenTelemetry span, a detached transaction) through this thread's span ring.
+pub(crate) fn record_ended(
+    shared: &Shared,
+    operation: &Operation,
+    status: StatusCode,
+    duration_ns: u64,
+) {
+    let recorded = with_state(|state| {
+        let trace = trace_of(&mut state.traces, shared);
+        shared
+            .registry
+            .record_via(&mut trace.ring, operation, status, duration_ns);
+    });
+    if recorded.is_none() {
+        shared
+            .registry
+            .record_operation(operation, status, duration_ns);
+    }
+}
+
+/// Opens span `span_id` in this thread's local trace of the agent, starting the local
+/// trace if none is open. Returns its trace id.
+#[inline]
+fn open_span(
+    traces: &mut Vec<LocalTrace>,
+    shared: &Shared,
+    remote_parent: Option<&TraceContext>,
+    span_id: SpanId,
+) -> TraceId {
+    let trace = trace_of(traces, shared);
     if trace.open.is_empty() {
         trace.clear_spans();
         trace.num_unbuffered = 0;
@@ -451,7 +483,7 @@ fn close_span(
         };
         shared
             .registry
-            .record_operation(resolved, status, duration_ns);
+            .record_via(&mut trace.ring, resolved, status, duration_ns);
         if open.failed || resolved.is_slow(duration_ns) {
             trace.keep = true;
         }
