@@ -301,25 +301,31 @@ fn with_trace<R>(agent_id: u64, apply: impl FnOnce(&mut LocalTrace) -> R) -> Opt
 fn trace_of<'t>(traces: &'t mut Vec<LocalTrace>, shared: &Shared) -> &'t mut LocalTrace {
     let position = match traces.iter().position(|trace| trace.agent_id == shared.id) {
         Some(position) => position,
-        None => {
-            // Forget the traces of agents that are gone (their rings' readers are).
-            traces.retain(|trace| !(trace.open.is_empty() && trace.ring.is_abandoned()));
-            traces.push(LocalTrace {
-                agent_id: shared.id,
-                trace_id: TraceId::default(),
-                remote_parent: None,
-                keep: false,
-                num_unbuffered: 0,
-                open: Vec::new(),
-                spans: Vec::new(),
-                operations: Vec::new(),
-                extras: Vec::new(),
-                ring: shared.registry.new_ring(),
-            });
-            traces.len() - 1
-        }
+        None => add_trace(traces, shared),
     };
     &mut traces[position]
+}
+
+/// Adds the local trace of an agent this thread has not recorded for yet; returns its
+/// position.
+#[cold]
+#[inline(never)]
+fn add_trace(traces: &mut Vec<LocalTrace>, shared: &Shared) -> usize {
+    // Forget the traces of agents that are gone (their rings' readers are).
+    traces.retain(|trace| !(trace.open.is_empty() && trace.ring.is_abandoned()));
+    traces.push(LocalTrace {
+        agent_id: shared.id,
+        trace_id: TraceId::default(),
+        remote_parent: None,
+        keep: false,
+        num_unbuffered: 0,
+        open: Vec::new(),
+        spans: Vec::new(),
+        operations: Vec::new(),
+        extras: Vec::new(),
+        ring: shared.registry.new_ring(),
+    });
+    traces.len() - 1
 }
 
 /// Aggregates a span that ended outside the thread's transaction stack (an
