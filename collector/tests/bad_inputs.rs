@@ -18,7 +18,7 @@ use std::{
 };
 
 use caracal_collector::ingest::{
-    otlp_http::decode_json,
+    otlp_json::decode_json,
     validate::{validate, AttributeLimits},
     zipkin::decode::decode_spans,
     DecodeNotes,
@@ -60,7 +60,7 @@ impl Decoder {
                 })
                 .map_err(|error| error.to_string()),
             Self::OtlpJson => decode_json(body)
-                .map(|request| (request, DecodeNotes::default(), String::new()))
+                .map(|(request, notes)| (request, notes, String::new()))
                 .map_err(|error| error.to_string()),
             Self::ZipkinJson => decode_spans(body)
                 .map(|(request, notes)| (request, notes, String::new()))

@@ -3,12 +3,12 @@
 
 #![no_main]
 
-use caracal_collector::ingest::{otlp_http::decode_json, DecodeNotes};
+use caracal_collector::ingest::otlp_json::decode_json;
 use caracal_fuzz::check_request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = decode_json(data) {
-        check_request(&request, &DecodeNotes::default());
+    if let Ok((request, notes)) = decode_json(data) {
+        check_request(&request, &notes);
     }
 });

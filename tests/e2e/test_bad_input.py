@@ -179,6 +179,40 @@ def test_http_json_export_is_stored(caracal):
     assert tags["error"] == ("bool", True)
 
 
+def test_http_json_malformed_span_is_refused_and_its_neighbours_kept(caracal):
+    """One span the OTLP JSON mapping cannot read (a non-hex trace id) costs only itself."""
+    good = [new_span("json neighbour 1"), new_span("json neighbour 2")]
+
+    def span_json(span, trace_id=None):
+        return {
+            "traceId": trace_id or span.trace_id.hex(),
+            "spanId": span.span_id.hex(),
+            "name": span.name,
+            "startTimeUnixNano": str(span.start_time_unix_nano),
+            "endTimeUnixNano": str(span.end_time_unix_nano),
+        }
+
+    bad = span_json(new_span("json bad id"), trace_id="zz" * 16)
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": SERVICE}}]
+                },
+                "scopeSpans": [{"spans": [span_json(good[0]), bad, span_json(good[1])]}],
+            }
+        ]
+    }
+    response = http_export(caracal, json.dumps(body).encode(), content_type="application/json")
+    assert response.status_code == 200, response.content
+    partial = response.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1, partial
+    assert "1 malformed_span" in partial["errorMessage"], partial
+    assert "resourceSpans[0].scopeSpans[0].spans[1]" in partial["errorMessage"], partial
+    for span in good:
+        assert stored_span(caracal, span)["operationName"] == span.name
+
+
 # --- both transports -------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ pub mod body;
 pub mod http;
 pub mod otlp_grpc;
 pub mod otlp_http;
+pub mod otlp_json;
 pub mod validate;
 pub mod zipkin;
 

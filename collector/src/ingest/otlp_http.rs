@@ -22,6 +22,7 @@ use super::{
     authorization,
     body::RawBody,
     http::{decode_off_thread, error_response, ErrorFormat},
+    otlp_json::decode_json,
     DecodeNotes, ExportOutcome, Ingest,
 };
 use crate::{metrics::Receiver, IngestError};
@@ -132,14 +133,8 @@ fn decode_request(
                 )
             })
             .map_err(|error| IngestError::Malformed(format!("invalid protobuf: {error}"))),
-        Format::Json => decode_json(body).map(|request| (request, DecodeNotes::default())),
+        Format::Json => decode_json(body),
     }
-}
-
-/// Decodes an OTLP/JSON `ExportTraceServiceRequest` body (already decompressed).
-pub fn decode_json(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
-    serde_json::from_slice(body)
-        .map_err(|error| IngestError::Malformed(format!("invalid OTLP JSON: {error}")))
 }
 
 fn success_response(format: Format, outcome: ExportOutcome) -> Response {
