@@ -145,17 +145,25 @@ export async function searchPage({ root, query, signal }: PageContext): Promise<
   const results = h('section', { class: 'search-results', 'aria-live': 'polite' });
   replace(root, h('div', { class: 'search-page' }, h('aside', { class: 'panel search-panel' }, h('h2', { class: 'panel-title' }, 'Search'), form), results));
 
+  // Only the latest load fills the list: a service picked while the first load is in
+  // flight must not get the operations of both.
+  let operationsController: AbortController | null = null;
   const loadOperations = async (service: string, selected: string) => {
+    operationsController?.abort();
+    const controller = new AbortController();
+    operationsController = controller;
+    signal.addEventListener('abort', () => controller.abort(), { once: true });
     replace(operationSelect, option('', 'All operations', true));
     if (!service) return;
     operationSelect.disabled = true;
     try {
-      const operations = (await getOperations(service, signal)).sort((a, b) => a.localeCompare(b));
+      const operations = (await getOperations(service, controller.signal)).sort((a, b) => a.localeCompare(b));
+      if (operationsController !== controller) return;
       for (const name of operations) operationSelect.append(option(name, name, name === selected));
     } catch (error) {
       if (!isAbort(error)) formError.textContent = `Operations: ${(error as Error).message}`;
     } finally {
-      operationSelect.disabled = false;
+      if (operationsController === controller) operationSelect.disabled = false;
     }
   };
 
