@@ -32,10 +32,12 @@
 //! - [`demo`]: a simulated multi-service system for `caracal demo`.
 //! - [`error`]: the one error type, returned only by shutdown and exporters.
 //!
-//! **Architecture invariant:** the agent never blocks the caller. Recording takes no
-//! lock for a known operation (short ones when interning a new key, or when a thread's
-//! span ring is full), allocates nothing for a known key once warm, never returns an
-//! error and never panics; all I/O happens on the reporter's own thread.
+//! **Architecture invariant:** the agent never blocks the caller on I/O. Recording takes
+//! no lock for a known operation once the thread has its span ring (locks are taken
+//! when interning a new key, when a thread registers its ring, and when a ring is full:
+//! the thread then drains the rings, bounded work), allocates nothing for a known key
+//! once warm, never returns an error and never panics; all I/O happens on the
+//! reporter's own thread.
 //!
 //! The hot path of a transaction, for a known name: one thread-local access at each
 //! end, a per-thread cache of recently used operations (else a hash lookup by borrowed
@@ -43,7 +45,7 @@
 //! of `Instant::now()`), a push and pop on the thread's span buffer, and at the end a
 //! push of `(operation slot, status, duration)` into the thread's span ring (`rtrb`, a
 //! wait-free single-producer ring: plain stores, no read-modify-write). The reporter's
-//! thread drains every ring each 10 ms and before each swap, adding the spans to the
+//! thread drains every ring each 10 ms while it runs and before each swap, adding the spans to the
 //! active buffer under each operation's mutex, a run of spans at a time; a thread whose
 //! ring is full drains the rings itself. So threads recording one hot operation never
 //! contend for its lock, and no reference count is touched unless the span's record

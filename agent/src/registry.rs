@@ -484,8 +484,8 @@ pub(crate) struct RecordedSpan {
 /// The sending end of a span ring: one per recording thread and agent.
 pub(crate) type SpanRing = rtrb::Producer<RecordedSpan>;
 
-/// Spans a ring holds; when it is full (the aggregator is late), the thread records
-/// directly, under the operation's lock.
+/// Spans a ring holds; when it is full (the aggregator is late), the thread drains the
+/// rings itself, or records directly if the aggregator is draining them.
 const RING_CAPACITY: usize = 1_024;
 
 /// Operations by slot, for the aggregator to resolve the spans of the rings.
@@ -661,16 +661,22 @@ impl Registry {
     }
 
     /// A new span ring for a recording thread (see [`Registry::record_via`]).
+    ///
+    /// Drains the rings first, which also drops those of threads that have ended: a
+    /// thread-per-request server adds a ring per request thread, and without a reporter
+    /// draining (no collector address, or after shutdown) nothing else would.
     pub(crate) fn new_ring(&self) -> SpanRing {
         let (producer, consumer) = rtrb::RingBuffer::new(RING_CAPACITY);
-        lock(&self.rings).push(consumer);
+        let mut rings = lock(&self.rings);
+        self.drain_locked(&mut rings);
+        rings.push(consumer);
         producer
     }
 
     /// Records one span of `operation` through the thread's `ring`: a few plain stores,
     /// no lock, nothing shared written but the ring's own tail. The aggregator adds it
     /// to the active buffer at its next [drain](Registry::drain_rings); a full ring
-    /// (the aggregator is late) records directly instead.
+    /// (the aggregator is late) is handled by [`Registry::record_when_full`].
     #[inline]
     pub(crate) fn record_via(
         &self,
@@ -752,7 +758,14 @@ impl Registry {
                 }
             }
         }
-        rings.retain(|ring| !(ring.is_abandoned() && ring.is_empty()));
+        rings.retain(|ring| {
+            // `is_abandoned` reads the producer's reference count with a relaxed load:
+            // the fence orders the emptiness check after the producer's last push.
+            !(ring.is_abandoned() && {
+                std::sync::atomic::fence(Ordering::Acquire);
+                ring.is_empty()
+            })
+        });
         // A span of an operation evicted after it ended: record it into the operation
         // interned anew for the same key.
         for (retired, span) in orphans {
@@ -967,7 +980,12 @@ fn track_idle<T: Entry>(entry: &T, was_empty: bool) -> bool {
 fn is_evictable<T: Entry>(entry: &Arc<T>, active: usize) -> bool {
     entry.idle_intervals().load(Ordering::Relaxed) >= EVICT_AFTER_INTERVALS
         && Arc::strong_count(entry) == T::REGISTRY_REFERENCES
-        && entry.is_empty(active)
+        && {
+            // `strong_count` is a relaxed load: the fence orders what follows (and the
+            // next ring drain) after the last holder's span push and release.
+            std::sync::atomic::fence(Ordering::Acquire);
+            entry.is_empty(active)
+        }
 }
 
 #[cfg(test)]
@@ -1136,6 +1154,28 @@ mod tests {
             lock(&registry.rings).is_empty(),
             "rings of ended threads are dropped"
         );
+    }
+
+    #[test]
+    fn rings_of_ended_threads_are_dropped_without_a_reporter() {
+        let registry = registry(10);
+        let operation = registry.operation(key("GET /"));
+        // A thread per request, each recording a few spans and ending; nobody drains.
+        for _ in 0..100 {
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let mut ring = registry.new_ring();
+                    for nanos in 1..=3 {
+                        registry.record_via(&mut ring, &operation, StatusCode::Unset, nanos);
+                    }
+                });
+            });
+        }
+        // Each new ring drained the ones before it.
+        assert_eq!(lock(&registry.rings).len(), 1);
+        let (_, stats) = drain(&registry, 0);
+        assert_eq!(stats.num_recorded, 300);
+        assert!(lock(&registry.rings).is_empty());
     }
 
     #[test]
