@@ -61,16 +61,6 @@ async fn drain_rings_periodically(shared: Arc<Shared>) {
     }
 }
 
-/// Aborts a task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A request from the application to the reporter.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -275,8 +265,9 @@ impl Reporter {
                 }
             },
         };
-        let _ring_drainer =
-            AbortOnDrop(tokio::spawn(drain_rings_periodically(Arc::clone(&shared))));
+        // Dropping the set when reporting ends aborts the drainer.
+        let mut ring_drainer = tokio::task::JoinSet::new();
+        ring_drainer.spawn(drain_rings_periodically(Arc::clone(&shared)));
         let start_unix_ns = start_unix_ns.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

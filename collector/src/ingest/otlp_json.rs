@@ -137,17 +137,6 @@ fn count_spans(scope: &Value) -> u64 {
         .map_or(0, |spans| spans.len() as u64)
 }
 
-impl DecodeNotes {
-    /// Counts `num_spans` refused at `path` because of `reason`, keeping the first
-    /// reason for the response.
-    fn refuse(&mut self, path: &str, reason: &str, num_spans: u64) {
-        self.num_malformed_spans += num_spans;
-        if self.first_malformed_opt.is_none() {
-            self.first_malformed_opt = Some(format!("{path}: {reason}"));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

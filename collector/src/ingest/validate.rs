@@ -69,6 +69,15 @@ impl DecodeNotes {
             ..Self::default()
         }
     }
+
+    /// Counts `num_spans` the decoder could not read at `path` because of `reason`,
+    /// keeping the first reason for the response.
+    pub(crate) fn refuse(&mut self, path: &str, reason: &str, num_spans: u64) {
+        self.num_malformed_spans += num_spans;
+        if self.first_malformed_opt.is_none() {
+            self.first_malformed_opt = Some(format!("{path}: {reason}"));
+        }
+    }
 }
 
 /// Limits on what one span may carry; larger input is cut, marked and counted.

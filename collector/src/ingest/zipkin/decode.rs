@@ -66,12 +66,7 @@ pub fn decode_spans(body: &[u8]) -> Result<(ExportTraceServiceRequest, DecodeNot
                 let (service, span) = span.into_otlp();
                 services.push(service, span);
             }
-            Err(error) => {
-                notes.num_malformed_spans += 1;
-                if notes.first_malformed_opt.is_none() {
-                    notes.first_malformed_opt = Some(format!("span {index}: {error}"));
-                }
-            }
+            Err(error) => notes.refuse(&format!("span {index}"), &error.to_string(), 1),
         }
     }
     let request = ExportTraceServiceRequest {
