@@ -1,10 +1,13 @@
 //! Transactions, the per-thread span buffers, and the keep decision.
 //!
 //! Each thread holds, per agent, one *local trace*: the stack of open transactions and
-//! a buffer of fixed-size span records (ids, timing, status; the operations of ended
-//! spans, attached data and exceptions live in side vectors that stay empty for spans
-//! ending unkept, so clearing the buffer costs nothing). When the last open transaction
-//! of the local trace ends, the trace is decided:
+//! a buffer of fixed-size records of the spans that ended while the trace could still
+//! be kept (ids, timing, status; their operations, attached data and exceptions live in
+//! side vectors, so clearing the buffer costs nothing). Open spans are known by their
+//! sequence number in the local trace; trace and span ids are made only when something
+//! needs them (a child span, a propagated context, a record, ratio sampling), so a
+//! transaction that ends alone and unkept costs no id and no record. When the last open
+//! transaction of the local trace ends, the trace is decided:
 //! - kept whole if any span failed, any span was slower than its operation's threshold,
 //!   the remote parent was sampled, or the trace id falls in the sampled share;
 //! - otherwise forgotten (every span was already aggregated when it ended).
@@ -68,21 +71,6 @@ impl ThreadState {
             traces: Vec::new(),
             operations: OperationCache::new(),
         }
-    }
-
-    /// Opens a span in the local trace of `shared` (see [`open_span`]); returns its
-    /// trace and span ids.
-    #[inline]
-    fn open_span(
-        &mut self,
-        shared: &Shared,
-        remote_parent: Option<&TraceContext>,
-    ) -> (TraceId, SpanId) {
-        let span_id = context::new_span_id();
-        (
-            open_span(&mut self.traces, shared, remote_parent, span_id),
-            span_id,
-        )
     }
 }
 
@@ -187,23 +175,31 @@ impl OperationCache {
 }
 
 /// The open part of one trace, for one agent, on one thread.
+///
+/// Ids and span records are made only when needed: a span that ends while its trace
+/// can no longer be kept (the last open span of an unkept trace) never gets a span id
+/// nor a record, and a trace that is not ratio-sampled gets its trace id only when
+/// something asks for it (a child, a propagated context, keeping).
 #[derive(Debug)]
 struct LocalTrace {
     agent_id: u64,
-    trace_id: TraceId,
+    /// Made on first need (see [`LocalTrace::trace_id`]).
+    trace_id: Option<TraceId>,
     /// Span of another process this trace continues, if any.
     remote_parent: Option<SpanId>,
     /// Whether the trace is kept so far; also the sampled flag sent downstream.
     keep: bool,
+    /// Spans opened in this local trace so far; the next one's sequence number.
+    num_opened: u64,
     /// Spans not buffered because the trace outgrew its buffer.
     num_unbuffered: u64,
     open: Vec<OpenSpan>,
-    /// Plain data, so that clearing it is free: what owns memory lives in
-    /// `operations` and `extras`, which stay empty for spans that end unkept.
+    /// Ended spans of a trace that may still be kept. Plain data, so that clearing it
+    /// is free: what owns memory lives in `operations` and `extras`.
     spans: Vec<SpanRecord>,
     /// Operations of the ended spans in `spans`.
     operations: Vec<Arc<Operation>>,
-    /// Attached data, status messages and exceptions of spans in `spans`.
+    /// Attached data, status messages and exceptions of open or buffered spans.
     extras: Vec<SpanExtra>,
     /// Where this thread's ended spans go to be aggregated.
     ring: SpanRing,
@@ -219,8 +215,8 @@ impl LocalTrace {
         }
     }
 
-    /// Drops the operations and extras of the buffered spans (only kept or nested spans
-    /// have any).
+    /// Drops the operations and extras of the buffered spans (only kept, nested or
+    /// annotated spans have any).
     #[cold]
     #[inline(never)]
     fn clear_owned(&mut self) {
@@ -228,10 +224,29 @@ impl LocalTrace {
         self.extras.clear();
     }
 
-    /// The extra part of buffered record `index`, created on first use.
-    fn extra_mut(&mut self, index: Option<usize>) -> Option<&mut SpanExtra> {
-        let record = self.spans.get_mut(index?)?;
-        let extra = *record.extra.get_or_insert(self.extras.len());
+    /// The trace id, made now if nothing needed it before.
+    fn trace_id(&mut self) -> TraceId {
+        *self.trace_id.get_or_insert_with(context::new_trace_id)
+    }
+
+    /// The context a child of open span `seq` (the innermost when `None`) would have.
+    fn context_of(&mut self, seq: Option<u64>) -> Option<TraceContext> {
+        let span_id = find_open(&mut self.open, seq)?.span_id();
+        Some(TraceContext {
+            trace_id: self.trace_id(),
+            span_id,
+            sampled: self.keep,
+        })
+    }
+
+    /// The extra part of open span `seq` (the innermost when `None`), created on first
+    /// use; `None` for a span that will not be buffered.
+    fn extra_mut(&mut self, seq: Option<u64>) -> Option<&mut SpanExtra> {
+        let open = find_open(&mut self.open, seq)?;
+        if !open.buffered {
+            return None;
+        }
+        let extra = *open.extra.get_or_insert(self.extras.len());
         if extra == self.extras.len() {
             self.extras.push(SpanExtra::default());
         }
@@ -239,32 +254,51 @@ impl LocalTrace {
     }
 }
 
+/// Open span `seq` of `open`, or the innermost when `None`.
+fn find_open(open: &mut [OpenSpan], seq: Option<u64>) -> Option<&mut OpenSpan> {
+    match seq {
+        Some(seq) => open.iter_mut().rfind(|open| open.seq == seq),
+        None => open.last_mut(),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct OpenSpan {
-    span_id: SpanId,
-    /// Index in `spans`, unless the buffer was full.
-    record: Option<usize>,
+    /// Which span of the local trace this is, in opening order.
+    seq: u64,
+    /// Made on first need (see [`OpenSpan::span_id`]).
+    span_id: Option<SpanId>,
+    parent_span_id: Option<SpanId>,
+    /// Index in [`LocalTrace::extras`].
+    extra: Option<usize>,
+    /// Whether the span gets a record when it ends (false once the trace has opened
+    /// `max_spans_per_trace` spans).
+    buffered: bool,
     failed: bool,
 }
 
-/// A buffered span: fixed size, the rare parts in the trace's side vectors.
-#[derive(Debug, Clone, Copy)]
-struct SpanRecord {
-    span_id: SpanId,
-    parent_span_id: Option<SpanId>,
-    /// Set when the span ends.
-    end: Option<EndedSpan>,
-    /// Index in [`LocalTrace::extras`].
-    extra: Option<usize>,
+impl OpenSpan {
+    /// The span id, made now if nothing needed it before.
+    fn span_id(&mut self) -> SpanId {
+        *self.span_id.get_or_insert_with(context::new_span_id)
+    }
 }
 
+/// An ended span of a trace that may still be kept: fixed size, the rare parts in the
+/// trace's side vectors.
 #[derive(Debug, Clone, Copy)]
-struct EndedSpan {
+struct SpanRecord {
+    /// Opening order, the order spans are sent in.
+    seq: u64,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
     /// Index in [`LocalTrace::operations`].
     operation: usize,
     /// Clock ticks (see [`WallClock::ticks`](crate::agent::WallClock::ticks)) at the end.
     end_ticks: u64,
     duration_ns: u64,
+    /// Index in [`LocalTrace::extras`].
+    extra: Option<usize>,
     failed: bool,
 }
 
@@ -315,9 +349,10 @@ fn add_trace(traces: &mut Vec<LocalTrace>, shared: &Shared) -> usize {
     traces.retain(|trace| !(trace.open.is_empty() && trace.ring.is_abandoned()));
     traces.push(LocalTrace {
         agent_id: shared.id,
-        trace_id: TraceId::default(),
+        trace_id: None,
         remote_parent: None,
         keep: false,
+        num_opened: 0,
         num_unbuffered: 0,
         open: Vec::new(),
         spans: Vec::new(),
@@ -349,64 +384,65 @@ pub(crate) fn record_ended(
     }
 }
 
-/// Opens span `span_id` in this thread's local trace of the agent, starting the local
-/// trace if none is open. Returns its trace id.
+/// Opens a span in this thread's local trace of the agent, starting the local trace if
+/// none is open. Returns the span's sequence number in the local trace.
 #[inline]
 fn open_span(
     traces: &mut Vec<LocalTrace>,
     shared: &Shared,
     remote_parent: Option<&TraceContext>,
-    span_id: SpanId,
-) -> TraceId {
+) -> u64 {
     let trace = trace_of(traces, shared);
     if trace.open.is_empty() {
         trace.clear_spans();
+        trace.num_opened = 0;
         trace.num_unbuffered = 0;
         match remote_parent {
             Some(parent) => {
-                trace.trace_id = parent.trace_id;
+                trace.trace_id = Some(parent.trace_id);
                 trace.remote_parent = Some(parent.span_id);
                 trace.keep = parent.sampled;
             }
             None => {
-                trace.trace_id = context::new_trace_id();
+                trace.trace_id = None;
                 trace.remote_parent = None;
                 trace.keep = false;
             }
         }
-        trace.keep |= context::trace_id_rank(&trace.trace_id) < shared.sample_threshold;
+        if shared.sample_threshold > 0 {
+            let trace_id = trace.trace_id();
+            trace.keep |= context::trace_id_rank(&trace_id) < shared.sample_threshold;
+        }
     }
-    let parent_span_id = match trace.open.last() {
-        Some(parent) => Some(parent.span_id),
+    let parent_span_id = match trace.open.last_mut() {
+        Some(parent) => Some(parent.span_id()),
         None => trace.remote_parent,
     };
-    let record = if trace.spans.len() < shared.config.max_spans_per_trace {
-        trace.spans.push(SpanRecord {
-            span_id,
-            parent_span_id,
-            end: None,
-            extra: None,
-        });
-        Some(trace.spans.len() - 1)
-    } else {
+    let seq = trace.num_opened;
+    trace.num_opened += 1;
+    let buffered = seq < shared.config.max_spans_per_trace as u64;
+    if !buffered {
         trace.num_unbuffered += 1;
-        None
-    };
+    }
     trace.open.push(OpenSpan {
-        span_id,
-        record,
+        seq,
+        span_id: None,
+        parent_span_id,
+        extra: None,
+        buffered,
         failed: false,
     });
-    trace.trace_id
+    seq
 }
 
-/// The trace and span ids of a span opened without a usable thread-local: the span is
-/// aggregated but belongs to no local trace.
-fn standalone_ids(remote_parent: Option<&TraceContext>) -> (TraceId, SpanId) {
-    (
-        remote_parent.map_or_else(context::new_trace_id, |parent| parent.trace_id),
-        context::new_span_id(),
-    )
+/// Where an open transaction is.
+#[derive(Debug, Clone, Copy)]
+enum SpanPlace {
+    /// Open span `seq` of this thread's local trace.
+    Local(u64),
+    /// Opened without a usable thread-local (thread teardown): aggregated only, in no
+    /// trace.
+    Standalone,
 }
 
 /// The operation of an open transaction: borrowed from an
@@ -437,16 +473,20 @@ impl OperationRef<'_> {
     }
 }
 
-/// Closes a span: aggregates it, and decides the trace if it was the last open span.
-/// `end_ticks` is the clock reading at the end, `duration_ns` the span's duration.
+/// Closes a span: aggregates it, and decides the trace if it was the last open span of
+/// its local trace. `end_ticks` is the clock reading at the end, `duration_ns` the
+/// span's duration.
 fn close_span(
     shared: &Shared,
-    span_id: SpanId,
+    place: SpanPlace,
     operation: OperationRef<'_>,
     end_ticks: u64,
     duration_ns: u64,
 ) {
     let mut operation = Some(operation);
+    let SpanPlace::Local(seq) = place else {
+        return record_unplaced(shared, operation, duration_ns);
+    };
     with_state(|state| {
         let ThreadState {
             traces, operations, ..
@@ -461,10 +501,7 @@ fn close_span(
             .iter_mut()
             .find(|trace| trace.agent_id == shared.id)
             .and_then(|trace| {
-                let position = trace
-                    .open
-                    .iter()
-                    .rposition(|open| open.span_id == span_id)?;
+                let position = trace.open.iter().rposition(|open| open.seq == seq)?;
                 let open = if position + 1 == trace.open.len() {
                     trace.open.pop()?
                 } else {
@@ -472,8 +509,8 @@ fn close_span(
                 };
                 Some((trace, open))
             });
-        let Some((trace, open)) = open else {
-            // Not in a local trace (opened without a usable thread-local): aggregate only.
+        let Some((trace, mut open)) = open else {
+            // Not in the local trace any more: aggregate only.
             shared
                 .registry
                 .record_operation(resolved, StatusCode::Unset, duration_ns);
@@ -495,9 +532,8 @@ fn close_span(
         }
         // The record is needed only if the trace may still be kept.
         let needed = trace.keep || !trace.open.is_empty();
-        let record = open.record.filter(|&index| index < trace.spans.len());
-        match (record, operation.take()) {
-            (Some(record), Some(operation)) if needed => {
+        match operation.take() {
+            Some(operation) if needed && open.buffered => {
                 let operation = match operation {
                     OperationRef::Owned(owned) => owned,
                     OperationRef::Borrowed(borrowed) => Arc::clone(borrowed),
@@ -508,14 +544,18 @@ fn close_span(
                     }
                 };
                 trace.operations.push(operation);
-                trace.spans[record].end = Some(EndedSpan {
+                trace.spans.push(SpanRecord {
+                    seq: open.seq,
+                    span_id: open.span_id(),
+                    parent_span_id: open.parent_span_id,
                     operation: trace.operations.len() - 1,
                     end_ticks,
                     duration_ns,
+                    extra: open.extra,
                     failed: open.failed,
                 });
             }
-            (_, Some(OperationRef::Cached(slot))) => operations.unpin(slot),
+            Some(OperationRef::Cached(slot)) => operations.unpin(slot),
             _ => {}
         }
         if trace.open.is_empty() {
@@ -526,7 +566,17 @@ fn close_span(
         }
         Some(())
     });
-    // No usable thread-local: aggregate only (a cached operation is lost with it).
+    if operation.is_some() {
+        record_unplaced(shared, operation, duration_ns);
+    }
+}
+
+/// Aggregates a span that could not be closed in a local trace (no usable
+/// thread-local): the operation, if not taken, is recorded directly (a cached one is
+/// lost with the thread-local).
+#[cold]
+#[inline(never)]
+fn record_unplaced(shared: &Shared, operation: Option<OperationRef<'_>>, duration_ns: u64) {
     match operation {
         Some(OperationRef::Borrowed(operation)) => {
             shared
@@ -542,13 +592,10 @@ fn close_span(
     }
 }
 
-/// Converts a decided local trace to OTLP and queues it for the next report.
-fn keep_trace(shared: &Shared, trace: &LocalTrace) {
-    let num_spans = trace
-        .spans
-        .iter()
-        .filter(|record| record.end.is_some())
-        .count();
+/// Converts a decided local trace to OTLP (spans in opening order) and queues it for
+/// the next report.
+fn keep_trace(shared: &Shared, trace: &mut LocalTrace) {
+    let num_spans = trace.spans.len();
     let mut kept = lock(&shared.kept);
     if kept.len() + num_spans > shared.config.max_kept_spans {
         drop(kept);
@@ -560,11 +607,13 @@ fn keep_trace(shared: &Shared, trace: &LocalTrace) {
         return;
     }
     let now = shared.clock.reading();
+    let trace_id = trace.trace_id();
+    trace.spans.sort_unstable_by_key(|record| record.seq);
     kept.extend(
         trace
             .spans
             .iter()
-            .filter_map(|record| to_otlp(shared, trace, record, &now)),
+            .filter_map(|record| to_otlp(shared, trace, trace_id, record, &now)),
     );
     drop(kept);
     shared
@@ -585,13 +634,13 @@ pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
 fn to_otlp(
     shared: &Shared,
     trace: &LocalTrace,
+    trace_id: TraceId,
     record: &SpanRecord,
     now: &ClockReading,
 ) -> Option<Span> {
-    let ended = record.end.as_ref()?;
-    let operation = trace.operations.get(ended.operation)?;
-    let end_unix_ns = shared.clock.unix_nanos_of_ticks(now, ended.end_ticks);
-    let start_unix_ns = end_unix_ns.saturating_sub(ended.duration_ns);
+    let operation = trace.operations.get(record.operation)?;
+    let end_unix_ns = shared.clock.unix_nanos_of_ticks(now, record.end_ticks);
+    let start_unix_ns = end_unix_ns.saturating_sub(record.duration_ns);
     let extra = record.extra.and_then(|index| trace.extras.get(index));
     let data = extra.map_or(&[][..], |extra| &extra.data[..]);
     let mut attributes = Vec::with_capacity(data.len() + 2);
@@ -635,7 +684,7 @@ fn to_otlp(
         .unwrap_or_default();
     let is_remote = record.parent_span_id.is_some() && record.parent_span_id == trace.remote_parent;
     Some(Span {
-        trace_id: trace.trace_id.0.to_vec(),
+        trace_id: trace_id.0.to_vec(),
         span_id: record.span_id.0.to_vec(),
         parent_span_id: record
             .parent_span_id
@@ -649,7 +698,7 @@ fn to_otlp(
         attributes,
         events,
         status: Some(Status {
-            code: if ended.failed {
+            code: if record.failed {
                 StatusCode::Error as i32
             } else {
                 StatusCode::Unset as i32
@@ -662,44 +711,28 @@ fn to_otlp(
     })
 }
 
-/// Runs `apply` on the extra part of an open span (`span_id`, or the innermost when
-/// `None`), if it is buffered.
+/// Runs `apply` on the extra part of open span `seq` (the innermost when `None`), if
+/// it is buffered.
 fn with_open_extra<R>(
     agent_id: u64,
-    span_id: Option<SpanId>,
+    seq: Option<u64>,
     apply: impl FnOnce(&mut SpanExtra) -> R,
 ) -> Option<R> {
-    with_trace(agent_id, |trace| {
-        let open = match span_id {
-            Some(span_id) => trace.open.iter().rfind(|open| open.span_id == span_id)?,
-            None => trace.open.last()?,
-        };
-        let record = open.record;
-        trace.extra_mut(record).map(apply)
-    })
-    .flatten()
+    with_trace(agent_id, |trace| trace.extra_mut(seq).map(apply)).flatten()
 }
 
-/// Marks a span failed (and so its trace kept), with an optional status message and
-/// exception. Returns whether the span was found.
+/// Marks open span `seq` (the innermost when `None`) failed, and so its trace kept,
+/// with an optional status message and exception. Returns whether the span was found.
 fn fail_span(
     agent_id: u64,
-    span_id: Option<SpanId>,
+    seq: Option<u64>,
     message: Option<String>,
     exception: impl FnOnce() -> Option<ExceptionRecord>,
 ) -> bool {
     with_trace(agent_id, |trace| {
-        let open = match span_id {
-            Some(span_id) => trace
-                .open
-                .iter_mut()
-                .rfind(|open| open.span_id == span_id)?,
-            None => trace.open.last_mut()?,
-        };
-        open.failed = true;
+        find_open(&mut trace.open, seq)?.failed = true;
         trace.keep = true;
-        let record = open.record;
-        let Some(extra) = trace.extra_mut(record) else {
+        let Some(extra) = trace.extra_mut(seq) else {
             return Some(());
         };
         if message.is_some() {
@@ -719,14 +752,7 @@ fn fail_span(
 
 /// The context a child of the innermost open span would have.
 pub(crate) fn current_context(shared: &Shared) -> Option<TraceContext> {
-    with_trace(shared.id, |trace| {
-        trace.open.last().map(|open| TraceContext {
-            trace_id: trace.trace_id,
-            span_id: open.span_id,
-            sampled: trace.keep,
-        })
-    })
-    .flatten()
+    with_trace(shared.id, |trace| trace.context_of(None)).flatten()
 }
 
 /// Records an error on the innermost open transaction (see [`crate::Agent::record_error`]).
@@ -777,8 +803,7 @@ pub struct Transaction<'a> {
     shared: &'a Shared,
     /// Taken when the transaction ends.
     operation: Option<OperationRef<'a>>,
-    trace_id: TraceId,
-    span_id: SpanId,
+    place: SpanPlace,
     /// Clock ticks at the start.
     start_ticks: u64,
     /// The duration to record instead of the measured one.
@@ -793,9 +818,11 @@ impl<'a> Transaction<'a> {
         operation: &'a Arc<Operation>,
         remote_parent: Option<&TraceContext>,
     ) -> Self {
-        let (trace_id, span_id) = with_state(|state| state.open_span(shared, remote_parent))
-            .unwrap_or_else(|| standalone_ids(remote_parent));
-        Self::started(shared, OperationRef::Borrowed(operation), trace_id, span_id)
+        let place = with_state(|state| {
+            SpanPlace::Local(open_span(&mut state.traces, shared, remote_parent))
+        })
+        .unwrap_or(SpanPlace::Standalone);
+        Self::started(shared, OperationRef::Borrowed(operation), place)
     }
 
     /// Starts a transaction of CAT type `span_type` named `name`, whose operation is
@@ -808,29 +835,24 @@ impl<'a> Transaction<'a> {
     ) -> Self {
         let started = with_state(|state| {
             let operation = state.operations.pin(shared, span_type, name);
-            (operation, state.open_span(shared, remote_parent))
+            let seq = open_span(&mut state.traces, shared, remote_parent);
+            (operation, SpanPlace::Local(seq))
         });
-        let (operation, (trace_id, span_id)) = started.unwrap_or_else(|| {
+        let (operation, place) = started.unwrap_or_else(|| {
             (
                 OperationRef::Owned(shared.registry.operation(operation_key(span_type, name))),
-                standalone_ids(remote_parent),
+                SpanPlace::Standalone,
             )
         });
-        Self::started(shared, operation, trace_id, span_id)
+        Self::started(shared, operation, place)
     }
 
     /// Reads the clock last, so that the bookkeeping above is not timed.
-    fn started(
-        shared: &'a Shared,
-        operation: OperationRef<'a>,
-        trace_id: TraceId,
-        span_id: SpanId,
-    ) -> Self {
+    fn started(shared: &'a Shared, operation: OperationRef<'a>, place: SpanPlace) -> Self {
         Self {
             shared,
             operation: Some(operation),
-            trace_id,
-            span_id,
+            place,
             start_ticks: shared.clock.ticks(),
             fixed_duration_ns: None,
             _not_send: PhantomData,
@@ -839,20 +861,19 @@ impl<'a> Transaction<'a> {
 
     /// Marks the transaction failed (status ERROR); its whole trace will be kept.
     pub fn set_status_error(&self, message: impl Into<String>) {
-        fail_span(
-            self.shared.id,
-            Some(self.span_id),
-            Some(message.into()),
-            || None,
-        );
+        if let SpanPlace::Local(seq) = self.place {
+            fail_span(self.shared.id, Some(seq), Some(message.into()), || None);
+        }
     }
 
     /// Attaches a key-value pair (a span attribute if the trace is kept).
     pub fn add_data(&self, key: impl Into<String>, value: impl Into<String>) {
-        let (key, value) = (key.into(), value.into());
-        with_open_extra(self.shared.id, Some(self.span_id), |extra| {
-            extra.data.push((key, value));
-        });
+        if let SpanPlace::Local(seq) = self.place {
+            let (key, value) = (key.into(), value.into());
+            with_open_extra(self.shared.id, Some(seq), |extra| {
+                extra.data.push((key, value));
+            });
+        }
     }
 
     /// Overrides the span kind the CAT type implied.
@@ -885,13 +906,22 @@ impl<'a> Transaction<'a> {
     }
 
     /// This transaction's place in the trace, to pass to a callee.
+    ///
+    /// Ids are made the first time something needs them, so this is the first call
+    /// that may cost an id.
     pub fn context(&self) -> TraceContext {
-        let sampled = with_trace(self.shared.id, |trace| trace.keep).unwrap_or(false);
-        TraceContext {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            sampled,
+        match self.place {
+            SpanPlace::Local(seq) => {
+                with_trace(self.shared.id, |trace| trace.context_of(Some(seq))).flatten()
+            }
+            SpanPlace::Standalone => None,
         }
+        // In no trace (opened while the thread was being torn down): a new one.
+        .unwrap_or_else(|| TraceContext {
+            trace_id: context::new_trace_id(),
+            span_id: context::new_span_id(),
+            sampled: false,
+        })
     }
 
     /// Appends the `traceparent` header for a call made inside this transaction.
@@ -916,7 +946,7 @@ impl Drop for Transaction<'_> {
             let duration_ns = self
                 .fixed_duration_ns
                 .unwrap_or_else(|| self.shared.clock.nanos_between(self.start_ticks, end_ticks));
-            close_span(self.shared, self.span_id, operation, end_ticks, duration_ns);
+            close_span(self.shared, self.place, operation, end_ticks, duration_ns);
         }
     }
 }
@@ -1233,6 +1263,46 @@ mod tests {
         assert!(kept.is_empty());
         let (_, kept) = drain(&second);
         assert_eq!(kept.len(), 1);
+    }
+
+    #[test]
+    fn ids_made_on_demand_are_the_ones_sent() {
+        let agent = agent_without_sampling();
+        let parent = agent.transaction("URL", "a");
+        let child = agent.transaction("Job", "b");
+        let parent_context = parent.context();
+        let child_context = child.context();
+        assert_eq!(parent.context(), parent_context, "ids are made once");
+        assert_eq!(child_context.trace_id, parent_context.trace_id);
+        // The parent ends first; the child then fails, which keeps the trace.
+        drop(parent);
+        child.set_status_error("late failure");
+        drop(child);
+        let (_, kept) = drain(&agent);
+        let [parent_span, child_span] = kept.as_slice() else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(parent_span.name, "a", "spans are sent in opening order");
+        assert_eq!(parent_span.trace_id, parent_context.trace_id.0);
+        assert_eq!(parent_span.span_id, parent_context.span_id.0);
+        assert_eq!(child_span.span_id, child_context.span_id.0);
+        assert_eq!(child_span.parent_span_id, parent_context.span_id.0);
+
+        // A trace nobody asked ids of still gets valid, linked ones when kept.
+        {
+            let root = agent.transaction("URL", "c");
+            agent.transaction("SQL", "d").finish();
+            root.set_status_error("boom");
+        }
+        let (_, kept) = drain(&agent);
+        let [root, query] = kept.as_slice() else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(root.trace_id.len(), 16);
+        assert!(root.trace_id.iter().any(|byte| *byte != 0));
+        assert_eq!(query.trace_id, root.trace_id);
+        assert_eq!(query.parent_span_id, root.span_id);
+        assert_ne!(query.span_id, root.span_id);
     }
 
     #[test]

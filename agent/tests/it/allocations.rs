@@ -36,17 +36,23 @@ fn recording_allocates_nothing_after_warm_up() {
         .start();
     record(&agent, 10_000);
     // The reporter thread allocates when it builds a report at an interval boundary,
-    // and a preempted span can grow a histogram: take the best of a few runs.
-    let mut fewest = usize::MAX;
-    for _ in 0..5 {
+    // and a preempted span can grow a histogram (its duration falls into a bucket not
+    // seen before): take the best of a few runs, pausing between them so that a
+    // machine busy with other tests can settle.
+    let mut attempts = Vec::new();
+    for _ in 0..10 {
         let region = Region::new(GLOBAL);
         record(&agent, 10_000);
         let change = region.change();
-        fewest = fewest.min(change.allocations + change.reallocations);
-        if fewest == 0 {
+        attempts.push(change.allocations + change.reallocations);
+        if attempts.contains(&0) {
             break;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(fewest, 0, "allocations per 10,000 requests after warm-up");
+    assert!(
+        attempts.contains(&0),
+        "allocations per 10,000 requests after warm-up, per attempt: {attempts:?}"
+    );
     agent.shutdown(Duration::from_secs(1)).unwrap();
 }
