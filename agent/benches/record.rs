@@ -1,6 +1,7 @@
 //! Cost of recording one span: the Caracal agent (aggregated only, nothing kept) side
-//! by side with the OpenTelemetry SDK (tracer, `BatchSpanProcessor`, an exporter that
-//! discards), and heap allocations per span after warm-up, counted by a global
+//! by side with the OpenTelemetry SDK (tracer, `BatchSpanProcessor`, and either its
+//! OTLP/gRPC exporter sending to a local OTLP receiver that discards, or an exporter
+//! that discards), and heap allocations per span after warm-up, counted by a global
 //! allocator. Two clock baselines show what timing a span costs on the machine: two
 //! `Instant::now()` reads, and the two TSC reads the agent makes.
 //!
@@ -18,6 +19,13 @@ use caracal_agent::exporter::InMemoryExporter;
 use caracal_agent::Agent;
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
@@ -67,6 +75,49 @@ fn otel_batch() -> (SdkTracerProvider, SdkTracer) {
     (provider, tracer)
 }
 
+/// An OTLP/gRPC receiver that accepts every request and keeps nothing: the other end
+/// of the SDK's OTLP exporter.
+struct DiscardingReceiver;
+
+#[tonic::async_trait]
+impl TraceService for DiscardingReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        drop(request);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// The SDK as a service would set it up: `BatchSpanProcessor` and the OTLP/gRPC
+/// exporter (gzip), sending to a [`DiscardingReceiver`] on loopback served by
+/// `runtime`.
+fn otel_batch_otlp(runtime: &tokio::runtime::Runtime) -> (SdkTracerProvider, SdkTracer) {
+    let exporter = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let address = listener.local_addr().expect("the port's address");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(DiscardingReceiver))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://{address}"))
+            .with_compression(opentelemetry_otlp::Compression::Gzip)
+            .build()
+            .expect("the OTLP exporter builds")
+    });
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("bench");
+    (provider, tracer)
+}
+
 fn otel_caracal(agent: &Agent) -> (SdkTracerProvider, SdkTracer) {
     let provider = SdkTracerProvider::builder()
         .with_sampler(agent.sampler())
@@ -92,6 +143,12 @@ fn allocations_per_span(mut record: impl FnMut()) -> f64 {
 fn record(criterion: &mut Criterion) {
     let agent = caracal_agent();
     let (_batch_provider, batch_tracer) = otel_batch();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (otlp_provider, otlp_tracer) = otel_batch_otlp(&runtime);
     let (_caracal_provider, caracal_tracer) = otel_caracal(&agent);
 
     let mut group = criterion.benchmark_group("span");
@@ -139,6 +196,9 @@ fn record(criterion: &mut Criterion) {
     group.bench_function("opentelemetry_sdk_batch", |bencher| {
         bencher.iter(|| batch_tracer.start(black_box("GET /orders/{id}")).end());
     });
+    group.bench_function("opentelemetry_sdk_batch_otlp", |bencher| {
+        bencher.iter(|| otlp_tracer.start(black_box("GET /orders/{id}")).end());
+    });
     group.bench_function("opentelemetry_sdk_caracal_processor", |bencher| {
         bencher.iter(|| caracal_tracer.start(black_box("GET /orders/{id}")).end());
     });
@@ -163,10 +223,11 @@ fn record(criterion: &mut Criterion) {
     group.finish();
 
     println!(
-        "allocations per span after warm-up: caracal_agent_transaction {:.3}, caracal_agent_operation_handle {:.3}, opentelemetry_sdk_batch {:.3}, opentelemetry_sdk_caracal_processor {:.3}",
+        "allocations per span after warm-up: caracal_agent_transaction {:.3}, caracal_agent_operation_handle {:.3}, opentelemetry_sdk_batch {:.3}, opentelemetry_sdk_batch_otlp {:.3}, opentelemetry_sdk_caracal_processor {:.3}",
         allocations_per_span(|| agent.transaction("URL", "GET /orders/{id}").finish()),
         allocations_per_span(|| handle.transaction().finish()),
         allocations_per_span(|| batch_tracer.start("GET /orders/{id}").end()),
+        allocations_per_span(|| otlp_tracer.start("GET /orders/{id}").end()),
         allocations_per_span(|| caracal_tracer.start("GET /orders/{id}").end()),
     );
     let stats = agent.stats();
@@ -175,6 +236,9 @@ fn record(criterion: &mut Criterion) {
         stats.recorded, stats.kept_spans, stats.dropped_spans
     );
     let _ = agent.shutdown(Duration::from_millis(100));
+    // The exporter's channel lives on the runtime: shut the SDK down before it.
+    let _ = otlp_provider.shutdown();
+    drop(runtime);
 }
 
 criterion_group!(benches, record);

@@ -5,6 +5,7 @@ mod agent_outage;
 mod conformance;
 mod ingest;
 mod metrics;
+mod otlp_sdk;
 mod scaling;
 mod spool;
 mod tenancy;
