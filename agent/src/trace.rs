@@ -510,7 +510,8 @@ fn close_span(
                 Some((trace, open))
             });
         let Some((trace, mut open)) = open else {
-            // Not in the local trace any more: aggregate only.
+            // Defensive (a transaction stays in its local trace until it ends):
+            // aggregate only.
             shared
                 .registry
                 .record_operation(resolved, StatusCode::Unset, duration_ns);
@@ -761,13 +762,15 @@ pub(crate) fn record_error<E: StdError + ?Sized>(shared: &Shared, error: &E) {
     shared
         .registry
         .count_event("Error", short_type_name(type_name), StatusCode::Error);
+    // The error's own code (`Display`, `source`) runs before the thread's state is
+    // borrowed: it may use the agent itself (a context for a log line, say).
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(message, ": {cause}");
+        source = cause.source();
+    }
     fail_span(shared.id, None, None, || {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            let _ = write!(message, ": {cause}");
-            source = cause.source();
-        }
         let capture = shared
             .backtraces_left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
@@ -1242,6 +1245,44 @@ mod tests {
             span.status.as_ref().unwrap().message,
             "card declined: gateway said no"
         );
+    }
+
+    /// An error whose message names the span it happened in, through the agent.
+    #[derive(Debug)]
+    struct Traced<'a>(&'a Agent);
+
+    impl std::fmt::Display for Traced<'_> {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let span = self
+                .0
+                .current_context()
+                .map(|context| context.span_id.to_hex());
+            write!(formatter, "failed in {}", span.unwrap_or_default())
+        }
+    }
+
+    impl StdError for Traced<'_> {}
+
+    #[test]
+    fn an_error_may_use_the_agent_while_it_is_recorded() {
+        let agent = agent_without_sampling();
+        let root = agent.transaction("URL", "GET /traced");
+        let span_id = root.context().span_id.to_hex();
+        agent.record_error(&Traced(&agent));
+        drop(root);
+        let (_, kept) = drain(&agent);
+        let [span] = kept.as_slice() else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(
+            span.status.as_ref().unwrap().message,
+            format!("failed in {span_id}")
+        );
+        assert_eq!(const_hex_of(&span.span_id), span_id);
+    }
+
+    fn const_hex_of(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
     }
 
     #[test]
