@@ -124,7 +124,20 @@ impl GrpcExporter {
                 .map_err(|status| Error::Export(status.into()))
         };
         match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
-            Ok(result) => result.map(drop),
+            Ok(Ok(response)) => {
+                let response = response.into_inner();
+                // Stored except for the refused parts: a bug to see, not to retry.
+                if response.rejected > 0 {
+                    tracing::warn!(
+                        collector = %collector.address,
+                        rejected = response.rejected,
+                        message = %response.error_message,
+                        "collector refused part of a report"
+                    );
+                }
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
             Err(elapsed) => Err(Error::Export(elapsed.into())),
         }
     }
@@ -275,7 +288,12 @@ pub(crate) mod fake_collector {
 
         fn call(&mut self, request: tonic::Request<AgentReport>) -> Self::Future {
             lock(&self.collector.received).push((request.into_inner(), self.gzip));
-            Box::pin(async { Ok(tonic::Response::new(ReportResponse { stored: true })) })
+            Box::pin(async {
+                Ok(tonic::Response::new(ReportResponse {
+                    stored: true,
+                    ..ReportResponse::default()
+                }))
+            })
         }
     }
 

@@ -38,7 +38,10 @@ use prometheus_client::{
 };
 
 use crate::{
-    ingest::validate::{DecodeNotes, RejectReason, ValidationReport},
+    ingest::{
+        agent::rows::{RowRejectReason, RowValidation},
+        validate::{DecodeNotes, RejectReason, ValidationReport},
+    },
     IngestError,
 };
 
@@ -138,6 +141,8 @@ struct Handles {
     accepted_spans: Counter,
     /// Indexed like [`RejectReason::ALL`].
     rejected_spans: Vec<Counter>,
+    /// Indexed like [`RowRejectReason::ALL`].
+    rejected_agent_rows: Vec<Counter>,
     /// Indexed like [`Receiver::ALL`].
     requests: Vec<Counter>,
     refused_requests: Family<RefusedLabels, Counter>,
@@ -239,6 +244,19 @@ impl CollectorMetrics {
                 reason: reason.label(),
             }
         });
+        let rejected_rows_family = Family::<ReasonLabels, Counter>::default();
+        registry.register_with_unit(
+            "agent_rejected",
+            "Rows of agent reports (aggregates, events, metrics, heartbeats) refused one by one, by reason",
+            rows.clone(),
+            rejected_rows_family.clone(),
+        );
+        let rejected_agent_rows =
+            labelled(&rejected_rows_family, &RowRejectReason::ALL, |reason| {
+                ReasonLabels {
+                    reason: reason.label(),
+                }
+            });
         let requests_family = Family::<ReceiverLabels, Counter>::default();
         registry.register_with_unit(
             "received",
@@ -352,6 +370,7 @@ impl CollectorMetrics {
                 received_spans,
                 accepted_spans,
                 rejected_spans,
+                rejected_agent_rows,
                 requests: request_counters,
                 refused_requests,
                 insert_errors,
@@ -419,6 +438,19 @@ impl CollectorMetrics {
             }
         }
         self.inner.received_spans.inc_by(num_received);
+    }
+
+    /// Counts the rows of an agent report refused one by one.
+    pub fn record_rejected_rows(&self, validation: &RowValidation) {
+        for (reason, count) in &validation.rejected {
+            if let Some(counter) = counter_for(
+                &self.inner.rejected_agent_rows,
+                &RowRejectReason::ALL,
+                reason,
+            ) {
+                counter.inc_by(*count);
+            }
+        }
     }
 
     /// Counts spans stored and acknowledged.

@@ -18,6 +18,7 @@ use std::{
 };
 
 use caracal_collector::ingest::{
+    agent::rows::refuse_invalid_rows,
     otlp_json::decode_json,
     validate::{validate, AttributeLimits},
     zipkin::decode::decode_spans,
@@ -45,7 +46,8 @@ enum Decoder {
 }
 
 /// What a decoder produced: the request for the ingest path, the decoder's notes, and
-/// a summary of anything else it read (an agent report's aggregates).
+/// a summary of anything else it read (an agent report's aggregates, and which of its
+/// rows validation refused).
 type Decoded = (ExportTraceServiceRequest, DecodeNotes, String);
 
 impl Decoder {
@@ -66,19 +68,24 @@ impl Decoder {
                 .map(|(request, notes)| (request, notes, String::new()))
                 .map_err(|error| error.to_string()),
             Self::AgentProtocol => AgentReport::decode(body)
-                .map(|report| {
+                .map(|mut report| {
                     let num_hist_keys: usize = report
                         .aggregates
                         .iter()
                         .map(|aggregate| aggregate.hist_keys.len())
                         .sum();
-                    let summary = format!(
+                    let mut summary = format!(
                         " aggregates={} hist_keys={num_hist_keys} events={} metrics={} heartbeat={}",
                         report.aggregates.len(),
                         report.events.len(),
                         report.metrics.len(),
                         report.heartbeat.is_some(),
                     );
+                    // Then what row validation refused of it, by reason.
+                    let validation = refuse_invalid_rows(&mut report, MAX_START_NS / 1_000_000_000);
+                    for (reason, count) in &validation.rejected {
+                        let _ = write!(summary, " {}={count}", reason.label());
+                    }
                     let request = ExportTraceServiceRequest {
                         resource_spans: report.kept_spans,
                     };

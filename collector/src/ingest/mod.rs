@@ -163,6 +163,15 @@ impl Ingest {
         Ok(self.settings.tokens.tenant_for(authorization)?.to_owned())
     }
 
+    /// The latest span start or agent bucket accepted: now plus the allowed clock skew,
+    /// Unix nanoseconds.
+    pub fn max_accepted_time_ns(&self) -> u64 {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        now_ns.saturating_add(self.settings.max_future_skew.as_nanos() as u64)
+    }
+
     /// Validates, stores and reports on one export request; `notes` carry what the
     /// decoder already repaired or refused.
     pub async fn export(
@@ -197,12 +206,11 @@ impl Ingest {
         {
             return Err(IngestError::SpoolFull);
         }
-        let now_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-        let max_start_ns = now_ns.saturating_add(self.settings.max_future_skew.as_nanos() as u64);
-        let mut report =
-            validate::validate(&mut request, max_start_ns, &self.settings.attribute_limits);
+        let mut report = validate::validate(
+            &mut request,
+            self.max_accepted_time_ns(),
+            &self.settings.attribute_limits,
+        );
         report.add_malformed(&notes);
         self.metrics.record_validated(&report, &notes);
         let outcome = ExportOutcome {

@@ -197,12 +197,12 @@ def otlp_json():
         "ok_deep_unknown_field.json": b'{"extra":' + b"[" * 10_000 + b"]" * 10_000 + b"}",
         "ok_nesting_within_limit.json": dump(body(json_span(
             attributes=[{"key": "deep", "value": nested(39)}]))),
-        "err_invalid_utf8_in_string.json": dump(body(json_span(name="op-NAME"))).replace(
+        "ok_invalid_utf8_in_string.json": dump(body(json_span(name="op-NAME"))).replace(
             b"op-NAME", b"op\xff\xfe"),
         "err_lone_surrogate_escape.json": dump(body(json_span(name="op-NAME"))).replace(
             b"op-NAME", b"\\ud800"),
-        "err_non_hex_trace_id.json": dump(body(json_span(traceId="zz" * 16))),
-        "err_odd_length_span_id.json": dump(body(json_span(spanId="abc"))),
+        "ok_non_hex_trace_id.json": dump(body(json_span(traceId="zz" * 16))),
+        "ok_odd_length_span_id.json": dump(body(json_span(spanId="abc"))),
         "ok_wrong_length_ids.json": dump(body(
             json_span(traceId="0102"),
             json_span(traceId="00" * 16),
@@ -217,17 +217,17 @@ def otlp_json():
         "ok_strings_as_numbers.json": dump(body(json_span(
             startTimeUnixNano=START_NS, endTimeUnixNano=START_NS + 1,
             attributes=[{"key": "n", "value": {"intValue": 42}}]))),
-        "err_negative_timestamp.json": dump(body(json_span(startTimeUnixNano=-1))),
-        "err_timestamp_overflow.json": dump(body(json_span(
+        "ok_negative_timestamp.json": dump(body(json_span(startTimeUnixNano=-1))),
+        "ok_timestamp_overflow.json": dump(body(json_span(
             startTimeUnixNano="18446744073709551616"))),
-        "err_float_timestamp.json": dump(body(json_span(startTimeUnixNano=1.7e18))),
-        "err_timestamp_not_a_number.json": dump(body(json_span(startTimeUnixNano="soon"))),
-        "err_int_value_not_a_number.json": dump(body(json_span(
+        "ok_float_timestamp.json": dump(body(json_span(startTimeUnixNano=1.7e18))),
+        "ok_timestamp_not_a_number.json": dump(body(json_span(startTimeUnixNano="soon"))),
+        "ok_int_value_not_a_number.json": dump(body(json_span(
             attributes=[{"key": "n", "value": {"intValue": "forty-two"}}]))),
-        "err_kind_as_string.json": dump(body(json_span(kind="SPAN_KIND_SERVER"))),
-        "err_bad_base64_bytes_value.json": dump(body(json_span(
+        "ok_kind_as_string.json": dump(body(json_span(kind="SPAN_KIND_SERVER"))),
+        "ok_bad_base64_bytes_value.json": dump(body(json_span(
             attributes=[{"key": "b", "value": {"bytesValue": "not base64!"}}]))),
-        "err_spans_not_a_list.json": dump({"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}),
+        "ok_spans_not_a_list.json": dump({"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}),
         "ok_absurd_timestamps.json": dump(body(
             json_span(startTimeUnixNano="0", endTimeUnixNano="0"),
             json_span(startTimeUnixNano=str(U64_MAX), endTimeUnixNano=str(U64_MAX)),
@@ -308,7 +308,19 @@ def zipkin_json():
 def agent_protocol():
     kept = length_delimited(8, service_resource() + length_delimited(2, length_delimited(
         2, span())))
-    aggregate = length_delimited(5, uint(1, 1_700_000_000) + text(2, "GET /") + uint(5, 3))
+    # Three calls of 1 ms: counts that add up, so the row is stored.
+    def aggregate_of(bucket=1_700_000_000, status=0, errors=0, hist_count=3):
+        return length_delimited(5, uint(1, bucket) + text(2, "GET /") + uint(4, status)
+                                + uint(5, 3) + uint(6, errors)
+                                + uint(8, 1_000_000) + uint(9, 1_000_000)
+                                + length_delimited(10, varint(1_000_000))
+                                + length_delimited(11, varint(hist_count)))
+
+    def metric(kind, value):
+        return length_delimited(7, uint(1, 1_700_000_000) + text(2, "m") + uint(3, kind)
+                                + key(4, 1) + struct.pack("<d", value) + uint(5, 1))
+
+    aggregate = aggregate_of()
     return {
         "ok_empty.pb": b"",
         "ok_report.pb": report(text(1, "checkout"), text(2, "i-1"), uint(4, 7), aggregate, kept),
@@ -329,6 +341,22 @@ def agent_protocol():
             length_delimited(7, text(2, "m") + uint(3, 99) + key(4, 1) + struct.pack("<d", float("nan"))),
             length_delimited(5, uint(3, 2**32 - 1) + uint(4, 2**32 - 1)),
             length_delimited(9, uint(1, U64_MAX)),
+        ),
+        # One good row of each kind among rows refused one by one.
+        "ok_bad_rows_among_good_ones.pb": report(
+            text(1, "checkout"),
+            aggregate,
+            aggregate_of(status=9),
+            aggregate_of(bucket=1_700_000_005),
+            aggregate_of(errors=4),
+            aggregate_of(hist_count=2),
+            length_delimited(6, uint(1, 1_700_000_000) + text(2, "Cache") + text(3, "hit")
+                             + uint(5, 1)),
+            length_delimited(6, uint(1, 1_700_000_000) + text(2, "Cache") + text(3, "miss")),
+            metric(0, 1.0),
+            metric(1, float("nan")),
+            metric(2, float("inf")),
+            length_delimited(9, uint(1, 1_700_000_000_000)),
         ),
         "ok_kept_spans_with_bad_ids.pb": length_delimited(8, length_delimited(
             2, length_delimited(2, span(trace_id=b"")) + length_delimited(2, span(start=0))

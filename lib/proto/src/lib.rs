@@ -196,6 +196,13 @@ pub struct ReportResponse {
     /// False when the report was a duplicate already stored.
     #[prost(bool, tag = "1")]
     pub stored: bool,
+    /// Rows (aggregates, event counts, metric values, the heartbeat) and kept spans
+    /// refused one by one; the rest of the report was stored.
+    #[prost(uint64, tag = "2")]
+    pub rejected: u64,
+    /// Why, by reason; empty when nothing was refused.
+    #[prost(string, tag = "3")]
+    pub error_message: String,
 }
 
 #[cfg(test)]

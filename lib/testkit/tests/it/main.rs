@@ -2,6 +2,7 @@
 
 mod agent;
 mod agent_outage;
+mod agent_rows;
 mod conformance;
 mod ingest;
 mod metrics;

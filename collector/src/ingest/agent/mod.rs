@@ -14,10 +14,7 @@ use std::{
 };
 
 use caracal_proto::{AgentReport, ReportResponse, REPORT_PATH, SERVICE_NAME};
-use caracal_store::{
-    rows::{AgentEventRow, AgentHeartbeatRow, AgentMetricRow, DependencyRow, SpanMetricsRow},
-    Store,
-};
+use caracal_store::Store;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tonic::{
     body::Body,
@@ -26,11 +23,14 @@ use tonic::{
     Status,
 };
 
+use self::rows::{refuse_invalid_rows, ReportRows};
 use super::{DecodeNotes, Ingest};
 use crate::{
     metrics::{InsertTable, Receiver},
     IngestError,
 };
+
+pub mod rows;
 
 /// Sequences remembered per agent instance for duplicate detection.
 const REMEMBERED_SEQUENCES: usize = 64;
@@ -105,13 +105,25 @@ impl AgentReportService {
         // Instances are remembered per tenant: one tenant cannot mask another's reports.
         let instance = format!("{tenant}/{}", report.instance);
         if self.already_stored(&instance, &report) {
-            return Ok(ReportResponse { stored: false });
+            return Ok(ReportResponse {
+                stored: false,
+                ..ReportResponse::default()
+            });
         }
+        let max_time_s = self.ingest.max_accepted_time_ns() / 1_000_000_000;
+        let validation = refuse_invalid_rows(&mut report, max_time_s);
+        self.ingest.metrics().record_rejected_rows(&validation);
+        let mut response = ReportResponse {
+            stored: true,
+            rejected: validation.num_rejected(),
+            error_message: validation.message(),
+        };
         if !report.kept_spans.is_empty() {
             let spans = ExportTraceServiceRequest {
                 resource_spans: std::mem::take(&mut report.kept_spans),
             };
-            self.ingest
+            let outcome = self
+                .ingest
                 .export_spans(tenant, spans, DecodeNotes::default(), false)
                 .await
                 .map_err(|error| {
@@ -120,6 +132,13 @@ impl AgentReportService {
                         .record_refused(Receiver::Agent, &error);
                     error.to_status()
                 })?;
+            response.rejected += outcome.rejected;
+            if !outcome.message.is_empty() {
+                if !response.error_message.is_empty() {
+                    response.error_message.push_str("; ");
+                }
+                response.error_message.push_str(&outcome.message);
+            }
         }
         let rows = ReportRows::from_report(tenant, &report);
         let stored = async {
@@ -145,106 +164,7 @@ impl AgentReportService {
             return Err(IngestError::StorageUnavailable.to_status());
         }
         self.remember(&instance, &report);
-        Ok(ReportResponse { stored: true })
-    }
-}
-
-/// A report as rows of each table.
-#[derive(Debug, Default)]
-struct ReportRows {
-    metrics: Vec<SpanMetricsRow>,
-    edges: Vec<DependencyRow>,
-    events: Vec<AgentEventRow>,
-    metric_values: Vec<AgentMetricRow>,
-    heartbeats: Vec<AgentHeartbeatRow>,
-}
-
-fn narrow(number: u32) -> u8 {
-    u8::try_from(number).unwrap_or(u8::MAX)
-}
-
-impl ReportRows {
-    fn from_report(tenant: &str, report: &AgentReport) -> Self {
-        let tenant = tenant.to_owned();
-        let mut rows = Self::default();
-        for aggregate in &report.aggregates {
-            rows.metrics.push(SpanMetricsRow {
-                tenant: tenant.clone(),
-                bucket: aggregate.bucket,
-                service: report.service.clone(),
-                operation: aggregate.name.clone(),
-                kind: narrow(aggregate.kind),
-                status: narrow(aggregate.status),
-                count: aggregate.count,
-                errors: aggregate.errors,
-                sum_ns: aggregate.sum_ns,
-                min_ns: aggregate.min_ns,
-                max_ns: aggregate.max_ns,
-                hist_keys: aggregate.hist_keys.clone(),
-                hist_counts: aggregate.hist_counts.clone(),
-            });
-            if !aggregate.peer.is_empty() {
-                rows.edges.push(DependencyRow {
-                    tenant: tenant.clone(),
-                    bucket: aggregate.bucket,
-                    parent: report.service.clone(),
-                    child: aggregate.peer.clone(),
-                    child_type: if aggregate.peer_type.is_empty() {
-                        "service".into()
-                    } else {
-                        aggregate.peer_type.clone()
-                    },
-                    calls: aggregate.count,
-                    errors: aggregate.errors,
-                    sum_ns: aggregate.sum_ns,
-                    hist_keys: aggregate.hist_keys.clone(),
-                    hist_counts: aggregate.hist_counts.clone(),
-                });
-            }
-        }
-        for event in &report.events {
-            rows.events.push(AgentEventRow {
-                tenant: tenant.clone(),
-                bucket: event.bucket,
-                service: report.service.clone(),
-                event_type: event.event_type.clone(),
-                name: event.name.clone(),
-                status: narrow(event.status),
-                count: event.count,
-            });
-        }
-        for metric in &report.metrics {
-            rows.metric_values.push(AgentMetricRow {
-                tenant: tenant.clone(),
-                bucket: metric.bucket,
-                service: report.service.clone(),
-                name: metric.name.clone(),
-                kind: u8::try_from(metric.kind).unwrap_or(0),
-                value: metric.value,
-                count: metric.count,
-            });
-        }
-        if let Some(heartbeat) = &report.heartbeat {
-            rows.heartbeats.push(AgentHeartbeatRow {
-                tenant,
-                time: u32::try_from(heartbeat.time_unix_ms / 1_000).unwrap_or(u32::MAX),
-                service: report.service.clone(),
-                instance: report.instance.clone(),
-                host: report.host.clone(),
-                cpu_seconds: heartbeat.cpu_seconds,
-                rss_bytes: heartbeat.rss_bytes,
-                threads: heartbeat.threads,
-                open_fds: heartbeat.open_fds,
-                recorded: heartbeat.recorded,
-                kept: heartbeat.kept,
-                dropped_spans: heartbeat.dropped_spans,
-                dropped_reports: heartbeat.dropped_reports,
-                queue_depth: heartbeat.queue_depth,
-                bytes_sent: heartbeat.bytes_sent,
-                overflowed: heartbeat.overflowed,
-            });
-        }
-        rows
+        Ok(response)
     }
 }
 
