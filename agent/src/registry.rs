@@ -472,21 +472,57 @@ pub(crate) struct ThresholdConfig {
     pub(crate) learn_min_count: u64,
 }
 
-/// A span that ended on an application thread, on its way to the aggregator.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RecordedSpan {
-    /// The operation's [slot](Operation::slot).
-    slot: u32,
-    status: StatusCode,
-    nanos: u64,
+/// A span that ended on an application thread, on its way to the aggregator, packed in
+/// one word so that a ring push moves a register: the operation's
+/// [slot](Operation::slot) in the low [`SLOT_BITS`], the status in the next two bits,
+/// the duration in nanoseconds in the top [`NANOS_BITS`]. A span that does not fit (a
+/// duration over 18 minutes, a slot beyond 4 million) is recorded directly instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordedSpan(u64);
+
+/// Bits of a [`RecordedSpan`] holding the slot.
+const SLOT_BITS: u32 = 22;
+/// Bits of a [`RecordedSpan`] holding the slot and the status: the aggregation key.
+const KEY_BITS: u32 = SLOT_BITS + 2;
+/// Bits of a [`RecordedSpan`] holding the duration.
+const NANOS_BITS: u32 = u64::BITS - KEY_BITS;
+
+impl RecordedSpan {
+    #[inline]
+    fn new(slot: u32, status: StatusCode, nanos: u64) -> Option<Self> {
+        (slot >> SLOT_BITS == 0 && nanos >> NANOS_BITS == 0).then_some(Self(
+            nanos << KEY_BITS | (status as u64) << SLOT_BITS | u64::from(slot),
+        ))
+    }
+
+    fn slot(self) -> usize {
+        (self.0 & ((1 << SLOT_BITS) - 1)) as usize
+    }
+
+    fn status(self) -> StatusCode {
+        match (self.0 >> SLOT_BITS) & 0b11 {
+            1 => StatusCode::Ok,
+            2 => StatusCode::Error,
+            _ => StatusCode::Unset,
+        }
+    }
+
+    fn nanos(self) -> u64 {
+        self.0 >> KEY_BITS
+    }
+
+    /// Whether both spans are of the same operation and status.
+    fn same_key(self, other: Self) -> bool {
+        (self.0 ^ other.0) & ((1 << KEY_BITS) - 1) == 0
+    }
 }
 
 /// The sending end of a span ring: one per recording thread and agent.
 pub(crate) type SpanRing = rtrb::Producer<RecordedSpan>;
 
-/// Spans a ring holds; when it is full (the aggregator is late), the thread drains the
-/// rings itself, or records directly if the aggregator is draining them.
-const RING_CAPACITY: usize = 1_024;
+/// Spans a ring holds (64 KiB); when it is full (the drainer is late), the thread drains
+/// the rings itself, or records directly if the drainer is draining them.
+pub(crate) const RING_CAPACITY: usize = 8_192;
 
 /// Operations by slot, for the aggregator to resolve the spans of the rings.
 #[derive(Debug, Default)]
@@ -685,14 +721,21 @@ impl Registry {
         status: StatusCode,
         nanos: u64,
     ) {
-        let span = RecordedSpan {
-            slot: operation.slot(),
-            status,
-            nanos,
-        };
-        if let Err(rtrb::PushError::Full(span)) = ring.push(span) {
-            self.record_when_full(ring, operation, span);
+        match RecordedSpan::new(operation.slot(), status, nanos) {
+            Some(span) => {
+                if let Err(rtrb::PushError::Full(span)) = ring.push(span) {
+                    self.record_when_full(ring, operation, span);
+                }
+            }
+            None => self.record_unpackable(operation, status, nanos),
         }
+    }
+
+    /// Records a span too long (or of a slot too high) for a [`RecordedSpan`].
+    #[cold]
+    #[inline(never)]
+    fn record_unpackable(&self, operation: &Operation, status: StatusCode, nanos: u64) {
+        self.record_operation(operation, status, nanos);
     }
 
     /// The ring of this thread is full: drain every ring here and now (once per ring's
@@ -708,7 +751,7 @@ impl Registry {
                 return;
             }
         }
-        self.record_operation(operation, span.status, span.nanos);
+        self.record_operation(operation, span.status(), span.nanos());
     }
 
     /// Adds every span waiting in the rings to the active buffer, and frees the slots
@@ -716,12 +759,15 @@ impl Registry {
     /// operation is evicted only once nobody outside the registry holds it, and its
     /// spans were pushed before that). Runs every few milliseconds on the reporter's
     /// thread, and before every [swap](Registry::swap).
-    pub(crate) fn drain_rings(&self) {
-        self.drain_locked(&mut lock(&self.rings));
+    ///
+    /// Returns the most spans one ring held.
+    pub(crate) fn drain_rings(&self) -> usize {
+        self.drain_locked(&mut lock(&self.rings))
     }
 
-    fn drain_locked(&self, rings: &mut Vec<rtrb::Consumer<RecordedSpan>>) {
+    fn drain_locked(&self, rings: &mut Vec<rtrb::Consumer<RecordedSpan>>) -> usize {
         let mut orphans = Vec::new();
+        let mut fullest_ring = 0;
         {
             let mut slots = lock(&self.slots);
             let retired = std::mem::take(&mut slots.retired);
@@ -729,18 +775,17 @@ impl Registry {
                 let Ok(chunk) = ring.read_chunk(ring.slots()) else {
                     continue;
                 };
+                fullest_ring = fullest_ring.max(chunk.len());
                 let (first, second) = chunk.as_slices();
                 let mut spans = first.iter().chain(second).peekable();
                 while let Some(span) = spans.next() {
-                    match slots.operations.get(span.slot as usize) {
+                    match slots.operations.get(span.slot()) {
                         Some(Some(operation)) if !operation.retired.load(Ordering::Relaxed) => {
                             // Consecutive spans of one operation and status: one lock.
-                            self.record_run(operation, span.status, span.nanos, || {
+                            self.record_run(operation, span.status(), span.nanos(), || {
                                 spans
-                                    .next_if(|next| {
-                                        next.slot == span.slot && next.status == span.status
-                                    })
-                                    .map(|next| next.nanos)
+                                    .next_if(|next| next.same_key(*span))
+                                    .map(|next| next.nanos())
                             });
                         }
                         Some(Some(operation)) => orphans.push((Arc::clone(operation), *span)),
@@ -770,8 +815,9 @@ impl Registry {
         // interned anew for the same key.
         for (retired, span) in orphans {
             let operation = self.operation(retired.key());
-            self.record_operation(&operation, span.status, span.nanos);
+            self.record_operation(&operation, span.status(), span.nanos());
         }
+        fullest_ring
     }
 
     /// Counts one event.
@@ -1205,6 +1251,42 @@ mod tests {
         let reinterned = registry.operation(key("late"));
         assert_eq!(reinterned.slot(), slot);
         assert_eq!(lock(&registry.slots).operations.len(), 1);
+    }
+
+    #[test]
+    fn recorded_spans_pack_and_spans_too_long_to_pack_are_recorded_directly() {
+        let max_nanos = (1u64 << NANOS_BITS) - 1;
+        for (slot, status, nanos) in [
+            (0, StatusCode::Unset, 0),
+            ((1 << SLOT_BITS) - 1, StatusCode::Error, max_nanos),
+            (7, StatusCode::Ok, 1_234_567),
+        ] {
+            let span = RecordedSpan::new(slot, status, nanos).expect("fits");
+            assert_eq!(
+                (span.slot(), span.status(), span.nanos()),
+                (slot as usize, status, nanos)
+            );
+        }
+        assert_eq!(
+            RecordedSpan::new(1 << SLOT_BITS, StatusCode::Unset, 1),
+            None
+        );
+        assert_eq!(RecordedSpan::new(1, StatusCode::Unset, max_nanos + 1), None);
+        let same = RecordedSpan::new(3, StatusCode::Error, 10).expect("fits");
+        assert!(same.same_key(RecordedSpan::new(3, StatusCode::Error, 99).expect("fits")));
+        assert!(!same.same_key(RecordedSpan::new(3, StatusCode::Ok, 10).expect("fits")));
+        assert!(!same.same_key(RecordedSpan::new(4, StatusCode::Error, 10).expect("fits")));
+
+        // An hour-long span does not fit in a ring entry: it is aggregated all the same.
+        let registry = registry(10);
+        let mut ring = registry.new_ring();
+        let operation = registry.operation(key("batch job"));
+        let hour_ns = 3_600_000_000_000;
+        registry.record_via(&mut ring, &operation, StatusCode::Unset, hour_ns);
+        registry.record_via(&mut ring, &operation, StatusCode::Unset, 5);
+        let (report, _) = drain(&registry, 0);
+        let row = &report.aggregates[0];
+        assert_eq!((row.count, row.min_ns, row.max_ns), (2, 5, hour_ns));
     }
 
     #[test]

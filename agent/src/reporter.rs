@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::Shared;
+use crate::drainer::RingDrainer;
 use crate::error::{Error, Result};
 use crate::exporter::{GrpcExporter, ReportExporter};
 use crate::process;
@@ -45,22 +46,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Name of the reporter thread.
 const THREAD_NAME: &str = "caracal-agent";
-/// How often the spans the application threads pushed into their rings are aggregated
-/// (a ring holds 1,024: this keeps up with 100,000 spans per second and thread; a
-/// faster thread drains the rings itself when its ring is full).
-const RING_DRAIN_PERIOD: Duration = Duration::from_millis(10);
-
-/// Aggregates the spans of the threads' rings every [`RING_DRAIN_PERIOD`], so that a
-/// ring never fills while the reporter waits for a boundary or a delivery.
-async fn drain_rings_periodically(shared: Arc<Shared>) {
-    let mut ticks = tokio::time::interval(RING_DRAIN_PERIOD);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        shared.registry.drain_rings();
-    }
-}
-
 /// A request from the application to the reporter.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -265,9 +250,11 @@ impl Reporter {
                 }
             },
         };
-        // Dropping the set when reporting ends aborts the drainer.
-        let mut ring_drainer = tokio::task::JoinSet::new();
-        ring_drainer.spawn(drain_rings_periodically(Arc::clone(&shared)));
+        // Dropped (stopped and joined) when reporting ends; without it, threads drain
+        // their rings when full.
+        let _ring_drainer = RingDrainer::spawn(Arc::clone(&shared))
+            .inspect_err(|error| tracing::warn!(%error, "failed to start the agent ring drainer"))
+            .ok();
         let start_unix_ns = start_unix_ns.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)

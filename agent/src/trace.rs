@@ -497,18 +497,37 @@ fn close_span(
             Some(OperationRef::Cached(slot)) => operations.get(*slot)?,
             None => return None,
         };
-        let open = traces
-            .iter_mut()
-            .find(|trace| trace.agent_id == shared.id)
-            .and_then(|trace| {
-                let position = trace.open.iter().rposition(|open| open.seq == seq)?;
-                let open = if position + 1 == trace.open.len() {
-                    trace.open.pop()?
-                } else {
-                    trace.open.remove(position)
-                };
-                Some((trace, open))
-            });
+        let mut trace = traces.iter_mut().find(|trace| trace.agent_id == shared.id);
+        // The common case: the only open span of a trace that is not kept ends well and
+        // in time. It is aggregated and forgotten: no record, no keep decision to make.
+        if let Some(trace) = trace.as_deref_mut() {
+            if let [only] = trace.open.as_slice() {
+                if only.seq == seq && !only.failed && !trace.keep && !resolved.is_slow(duration_ns)
+                {
+                    shared.registry.record_via(
+                        &mut trace.ring,
+                        resolved,
+                        StatusCode::Unset,
+                        duration_ns,
+                    );
+                    trace.open.clear();
+                    trace.clear_spans();
+                    if let Some(OperationRef::Cached(slot)) = operation.take() {
+                        operations.unpin(slot);
+                    }
+                    return Some(());
+                }
+            }
+        }
+        let open = trace.and_then(|trace| {
+            let position = trace.open.iter().rposition(|open| open.seq == seq)?;
+            let open = if position + 1 == trace.open.len() {
+                trace.open.pop()?
+            } else {
+                trace.open.remove(position)
+            };
+            Some((trace, open))
+        });
         let Some((trace, mut open)) = open else {
             // Defensive (a transaction stays in its local trace until it ends):
             // aggregate only.
