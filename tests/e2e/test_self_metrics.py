@@ -39,6 +39,7 @@ def test_every_metric_is_prefixed_and_typed(caracal):
         "caracal_spool_bytes": "gauge",
         "caracal_spool_batches": "gauge",
         "caracal_repaired": "counter",
+        "caracal_agent_rejected_rows": "counter",
     }
     # Refusals are labelled by receiver and reason; the family shows from the first one.
     families.setdefault("caracal_refused_requests", "counter")
