@@ -155,6 +155,11 @@ fn record(criterion: &mut Criterion) {
     group.bench_function("caracal_agent_transaction", |bencher| {
         bencher.iter(|| agent.transaction("URL", black_box(OPERATIONS[0])).finish());
     });
+    group.bench_function("caracal_agent_transaction_macro", |bencher| {
+        bencher.iter(|| {
+            caracal_agent::transaction!(*black_box(&agent), "URL", "GET /orders/{id}").finish()
+        });
+    });
     let handle = agent.operation("URL", OPERATIONS[0]);
     group.bench_function("caracal_agent_operation_handle", |bencher| {
         bencher.iter(|| black_box(&handle).transaction().finish());
@@ -223,8 +228,9 @@ fn record(criterion: &mut Criterion) {
     group.finish();
 
     println!(
-        "allocations per span after warm-up: caracal_agent_transaction {:.3}, caracal_agent_operation_handle {:.3}, opentelemetry_sdk_batch {:.3}, opentelemetry_sdk_batch_otlp {:.3}, opentelemetry_sdk_caracal_processor {:.3}",
+        "allocations per span after warm-up: caracal_agent_transaction {:.3}, caracal_agent_transaction_macro {:.3}, caracal_agent_operation_handle {:.3}, opentelemetry_sdk_batch {:.3}, opentelemetry_sdk_batch_otlp {:.3}, opentelemetry_sdk_caracal_processor {:.3}",
         allocations_per_span(|| agent.transaction("URL", "GET /orders/{id}").finish()),
+        allocations_per_span(|| caracal_agent::transaction!(agent, "URL", "GET /orders/{id}").finish()),
         allocations_per_span(|| handle.transaction().finish()),
         allocations_per_span(|| batch_tracer.start("GET /orders/{id}").end()),
         allocations_per_span(|| otlp_tracer.start("GET /orders/{id}").end()),

@@ -69,12 +69,13 @@ fn handle(agent: &Agent, index: u64) {
     let request = agent.transaction_with_parent("URL", route, parent.as_ref());
     request.add_data("http.route", route);
     {
-        let query = agent.transaction("SQL", "postgresql:SELECT orders");
+        // Literal type and name: `transaction!` resolves them once for this call site.
+        let query = caracal_agent::transaction!(agent, "SQL", "postgresql:SELECT orders");
         query.add_data("db.statement", "SELECT * FROM orders WHERE id = $1");
         std::thread::sleep(Duration::from_micros(300));
     }
     {
-        let _read = agent.transaction("Cache", "redis:GET order");
+        let _read = caracal_agent::transaction!(agent, "Cache", "redis:GET order");
         agent.event(
             "Cache",
             if index.is_multiple_of(4) {

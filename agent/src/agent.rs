@@ -2,7 +2,7 @@
 
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -192,6 +192,7 @@ pub struct OperationHandle {
 
 impl OperationHandle {
     /// Starts a transaction of this operation (see [`Agent::transaction`]).
+    #[inline]
     pub fn transaction(&self) -> Transaction<'_> {
         Transaction::start(self.agent.shared(), &self.operation, None)
     }
@@ -206,6 +207,115 @@ impl OperationHandle {
     pub fn agent(&self) -> &Agent {
         &self.agent
     }
+}
+
+/// A call site of [`transaction!`](crate::transaction!): its type and name, and the
+/// operation they resolve to for the first agent that starts a transaction there.
+///
+/// A transaction started through a call site the agent has resolved costs what one
+/// started from an [`OperationHandle`] costs: no name lookup at all. Another agent
+/// starting a transaction at the same call site (tests, a second agent in one process)
+/// gets it by name, as [`Agent::transaction`] would. The resolved operation is held for
+/// the life of the process, so it is never evicted as idle; call sites are few (one per
+/// place in the code), so the cardinality cap is not at risk.
+#[derive(Debug)]
+pub struct Callsite {
+    span_type: &'static str,
+    name: &'static str,
+    /// The agent id and its operation.
+    resolved: OnceLock<(u64, Arc<Operation>)>,
+}
+
+impl Callsite {
+    /// A call site of CAT type `span_type` named `name`; made by
+    /// [`transaction!`](crate::transaction!).
+    #[doc(hidden)]
+    pub const fn new(span_type: &'static str, name: &'static str) -> Self {
+        Self {
+            span_type,
+            name,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    /// Starts a transaction of this call site's operation in `agent`.
+    #[inline]
+    pub fn transaction<'a>(&'static self, agent: &'a Agent) -> Transaction<'a> {
+        self.transaction_with_parent(agent, None)
+    }
+
+    /// Starts a transaction continuing a remote trace (see
+    /// [`Agent::transaction_with_parent`]).
+    #[inline]
+    pub fn transaction_with_parent<'a>(
+        &'static self,
+        agent: &'a Agent,
+        parent: Option<&TraceContext>,
+    ) -> Transaction<'a> {
+        let shared = agent.shared();
+        match self.resolved.get() {
+            Some((agent_id, operation)) if *agent_id == shared.id => {
+                Transaction::start(shared, operation, parent)
+            }
+            _ => self.resolve(agent, parent),
+        }
+    }
+
+    /// The first transaction of an agent at this call site: resolves the operation, and
+    /// caches it if no agent did before and it is the operation's own entry (an overflow
+    /// entry is looked up, and counted, each time, as by name).
+    #[cold]
+    #[inline(never)]
+    fn resolve<'a>(
+        &'static self,
+        agent: &'a Agent,
+        parent: Option<&TraceContext>,
+    ) -> Transaction<'a> {
+        let shared = agent.shared();
+        if self.resolved.get().is_some() {
+            return agent.transaction_with_parent(self.span_type, self.name, parent);
+        }
+        let key = operation_key(self.span_type, self.name);
+        let operation = shared.registry.operation(key);
+        if !operation.matches_key(key) {
+            return Transaction::start_owned(shared, operation, parent);
+        }
+        let resolved = self
+            .resolved
+            .get_or_init(|| (shared.id, Arc::clone(&operation)));
+        if resolved.0 == shared.id {
+            Transaction::start(shared, &resolved.1, parent)
+        } else {
+            // Another agent resolved it first, on another thread.
+            Transaction::start_owned(shared, operation, parent)
+        }
+    }
+}
+
+/// Starts a transaction whose CAT type and name are literals, resolving them once per
+/// call site: as cheap as an [`OperationHandle`], as short as [`Agent::transaction`].
+///
+/// ```
+/// # use caracal_agent::{exporter::InMemoryExporter, Agent};
+/// # let agent = Agent::builder().exporter(InMemoryExporter::new()).start();
+/// let _request = caracal_agent::transaction!(agent, "URL", "GET /orders/{id}");
+/// // With a remote parent (an incoming `traceparent`):
+/// # let parent = None;
+/// let _child = caracal_agent::transaction!(agent, "Call", "payments:POST /charge", parent);
+/// ```
+///
+/// The type and name must be literals; for names made at run time use
+/// [`Agent::transaction`] or an [`OperationHandle`].
+#[macro_export]
+macro_rules! transaction {
+    ($agent:expr, $span_type:literal, $name:literal $(,)?) => {{
+        static CALLSITE: $crate::Callsite = $crate::Callsite::new($span_type, $name);
+        CALLSITE.transaction(&$agent)
+    }};
+    ($agent:expr, $span_type:literal, $name:literal, $parent:expr $(,)?) => {{
+        static CALLSITE: $crate::Callsite = $crate::Callsite::new($span_type, $name);
+        CALLSITE.transaction_with_parent(&$agent, $parent)
+    }};
 }
 
 /// Handle to the reporter, dropped with the last [`Agent`] clone.
@@ -297,6 +407,7 @@ impl Agent {
 
     /// Starts a transaction of CAT type `span_type` (`URL`, `Call`, `SQL`, ...; see
     /// [`crate::mapping`]) named `name`. It ends when the returned guard drops.
+    #[inline]
     pub fn transaction(&self, span_type: &str, name: &str) -> Transaction<'_> {
         self.transaction_with_parent(span_type, name, None)
     }

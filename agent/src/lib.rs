@@ -40,8 +40,9 @@
 //! reporter's own thread.
 //!
 //! The hot path of a transaction, for a known name: one thread-local access at each
-//! end, a per-thread cache of recently used operations (else a hash lookup by borrowed
-//! `&str` under a shared read lock), two TSC clock reads (`quanta`, under half the cost
+//! end, the operation from the call site ([`transaction!`]) or handle
+//! ([`OperationHandle`]), or by name from a per-thread cache of recently used operations
+//! (else a hash lookup by borrowed `&str` under a shared read lock), two TSC clock reads (`quanta`, under half the cost
 //! of `Instant::now()`), a push and pop on the thread's span buffer, and at the end a
 //! push of `(operation slot, status, duration)`, packed in one word, into the thread's
 //! span ring (`rtrb`, a wait-free single-producer ring: plain stores, no
@@ -81,7 +82,13 @@
 //!     agent.counter("checkout.items", 3);
 //! } // `request` ends here and the trace is decided.
 //!
-//! // In a hot loop, resolve the name once: starting from a handle skips the lookup.
+//! // Names known at compile time: `transaction!` resolves them once per call site, so
+//! // later transactions there skip the name lookup.
+//! for _ in 0..3 {
+//!     let _read = caracal_agent::transaction!(agent, "Cache", "redis:GET cart");
+//! }
+//!
+//! // Names made at run time but reused in a hot loop: resolve them once by hand.
 //! let query = agent.operation("SQL", "postgresql:SELECT stock");
 //! for _ in 0..3 {
 //!     let _query = query.transaction();
@@ -112,7 +119,7 @@ mod registry;
 mod reporter;
 mod trace;
 
-pub use agent::{Agent, AgentStats, OperationHandle};
+pub use agent::{Agent, AgentStats, Callsite, OperationHandle};
 pub use caracal_model::span::{SpanKind, StatusCode};
 pub use config::{AgentBuilder, AgentConfig};
 pub use context::TraceContext;

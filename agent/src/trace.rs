@@ -121,17 +121,21 @@ impl OperationCache {
     /// Entries are matched by type and name alone: kind and peer follow from them (see
     /// [`operation_key`]), and only operations of exactly that key are cached.
     fn pin(&mut self, shared: &Shared, span_type: &str, name: &str) -> OperationRef<'static> {
-        let hit = self.entries.iter_mut().position(|entry| {
-            entry.as_ref().is_some_and(|entry| {
-                entry.agent_id == shared.id
+        let hit = self
+            .entries
+            .iter_mut()
+            .enumerate()
+            .find_map(|(slot, entry)| {
+                let entry = entry.as_mut()?;
+                let found = entry.agent_id == shared.id
                     && same_text(&entry.operation.name, name)
-                    && same_text(&entry.operation.span_type, span_type)
-            })
-        });
+                    && same_text(&entry.operation.span_type, span_type);
+                found.then(|| {
+                    entry.num_pins += 1;
+                    slot
+                })
+            });
         if let Some(slot) = hit {
-            if let Some(entry) = &mut self.entries[slot] {
-                entry.num_pins += 1;
-            }
             return OperationRef::Cached(slot);
         }
         let key = operation_key(span_type, name);
@@ -835,16 +839,36 @@ pub struct Transaction<'a> {
 
 impl<'a> Transaction<'a> {
     /// Starts a transaction of a resolved operation.
+    #[inline]
     pub(crate) fn start(
         shared: &'a Shared,
         operation: &'a Arc<Operation>,
+        remote_parent: Option<&TraceContext>,
+    ) -> Self {
+        Self::start_ref(shared, OperationRef::Borrowed(operation), remote_parent)
+    }
+
+    /// Starts a transaction of an operation the caller owns (for example an overflow
+    /// entry, which is not cached).
+    pub(crate) fn start_owned(
+        shared: &'a Shared,
+        operation: Arc<Operation>,
+        remote_parent: Option<&TraceContext>,
+    ) -> Self {
+        Self::start_ref(shared, OperationRef::Owned(operation), remote_parent)
+    }
+
+    #[inline]
+    fn start_ref(
+        shared: &'a Shared,
+        operation: OperationRef<'a>,
         remote_parent: Option<&TraceContext>,
     ) -> Self {
         let place = with_state(|state| {
             SpanPlace::Local(open_span(&mut state.traces, shared, remote_parent))
         })
         .unwrap_or(SpanPlace::Standalone);
-        Self::started(shared, OperationRef::Borrowed(operation), place)
+        Self::started(shared, operation, place)
     }
 
     /// Starts a transaction of CAT type `span_type` named `name`, whose operation is
@@ -952,6 +976,7 @@ impl<'a> Transaction<'a> {
     }
 
     /// Ends the transaction now (the same as dropping it).
+    #[inline]
     pub fn finish(self) {}
 
     /// Ends the transaction now, recording it as having lasted `duration`: for work
@@ -962,6 +987,7 @@ impl<'a> Transaction<'a> {
 }
 
 impl Drop for Transaction<'_> {
+    #[inline]
     fn drop(&mut self) {
         let end_ticks = self.shared.clock.ticks();
         if let Some(operation) = self.operation.take() {
@@ -1323,6 +1349,99 @@ mod tests {
         assert!(kept.is_empty());
         let (_, kept) = drain(&second);
         assert_eq!(kept.len(), 1);
+    }
+
+    /// A request through call sites: a root, a query and a call that fails if asked.
+    fn request_through_call_sites(agent: &Agent, fail: bool) {
+        let _root = crate::transaction!(agent, "URL", "GET /callsite");
+        crate::transaction!(agent, "SQL", "postgresql:SELECT callsite").finish();
+        let call = crate::transaction!(agent, "Call", "payments:POST /callsite");
+        if fail {
+            call.set_status_error("declined");
+        }
+    }
+
+    #[test]
+    fn call_sites_record_like_names_for_every_agent() {
+        let first = agent_without_sampling();
+        let second = agent_without_sampling();
+        // The call sites resolve for `first`; `second` gets its transactions by name.
+        for agent in [&first, &second, &first, &second, &first] {
+            request_through_call_sites(agent, false);
+        }
+        request_through_call_sites(&second, true);
+        let (report, kept) = drain(&first);
+        assert!(kept.is_empty());
+        for name in [
+            "GET /callsite",
+            "postgresql:SELECT callsite",
+            "payments:POST /callsite",
+        ] {
+            assert_eq!(
+                aggregate(&report.aggregates, name, StatusCode::Unset).count,
+                3
+            );
+        }
+        let query = aggregate(
+            &report.aggregates,
+            "postgresql:SELECT callsite",
+            StatusCode::Unset,
+        );
+        assert_eq!(
+            (query.kind, query.peer.as_str()),
+            (SpanKind::Client as u32, "postgresql")
+        );
+        let (report, kept) = drain(&second);
+        assert_eq!(
+            aggregate(&report.aggregates, "GET /callsite", StatusCode::Unset).count,
+            3
+        );
+        assert_eq!(
+            aggregate(
+                &report.aggregates,
+                "payments:POST /callsite",
+                StatusCode::Error
+            )
+            .count,
+            1
+        );
+        // The failed request is kept whole, nested as it ran.
+        assert_eq!(kept.len(), 3);
+        let root = kept
+            .iter()
+            .find(|span| span.name == "GET /callsite")
+            .unwrap();
+        assert!(kept
+            .iter()
+            .filter(|span| span.name != "GET /callsite")
+            .all(|span| span.parent_span_id == root.span_id && span.trace_id == root.trace_id));
+
+        // A remote parent given to a call site is joined.
+        let parent = TraceContext {
+            trace_id: context::new_trace_id(),
+            span_id: context::new_span_id(),
+            sampled: true,
+        };
+        crate::transaction!(first, "URL", "GET /callsite/child", Some(&parent)).finish();
+        let (_, kept) = drain(&first);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].trace_id, parent.trace_id.0.to_vec());
+        assert_eq!(kept[0].parent_span_id, parent.span_id.0.to_vec());
+    }
+
+    #[test]
+    fn call_site_past_the_cardinality_cap_folds_into_other_each_time() {
+        let agent = agent(builder().max_keys(1));
+        agent.transaction("URL", "GET /known").finish();
+        for _ in 0..3 {
+            crate::transaction!(agent, "URL", "GET /overflowing").finish();
+        }
+        let (report, _) = drain(&agent);
+        assert_eq!(
+            aggregate(&report.aggregates, "other", StatusCode::Unset).count,
+            3
+        );
+        assert_eq!(agent.shared().registry.overflowed(), 3);
     }
 
     #[test]

@@ -11,10 +11,12 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// The transactions [`record`] opens.
-const TRANSACTIONS: [&str; 3] = [
+const TRANSACTIONS: [&str; 4] = [
     "GET /orders/{id}",
     "postgresql:SELECT orders",
     "payments:POST /charge",
+    // Started through a call site, `transaction!`.
+    "redis:GET order",
 ];
 
 /// Transactions (nested), events and metrics, none kept and none with data.
@@ -26,6 +28,9 @@ fn record(agent: &Agent, num_requests: u64) {
         }
         {
             let _call = agent.transaction("Call", TRANSACTIONS[2]);
+        }
+        {
+            let _cached = caracal_agent::transaction!(agent, "Cache", "redis:GET order");
         }
         agent.event("Cache", "hit");
         agent.counter("orders.read", 1);
