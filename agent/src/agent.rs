@@ -464,11 +464,15 @@ impl Agent {
         );
     }
 
-    /// Sets a gauge (the last value of the interval is reported).
+    /// Sets a gauge (the last value of the interval is reported). A value that is not a
+    /// finite number (a ratio of zero to zero, say) is ignored: the gauge keeps its last
+    /// finite value, and a collector would refuse the row anyway.
     pub fn gauge(&self, name: &str, value: f64) {
-        self.shared()
-            .registry
-            .record_metric(name, MetricKind::Gauge, value);
+        if value.is_finite() {
+            self.shared()
+                .registry
+                .record_metric(name, MetricKind::Gauge, value);
+        }
     }
 
     /// Records an error: counts an `Error` event named after the error's type, marks the
@@ -575,5 +579,27 @@ pub(crate) mod testing {
             .sort_by(|a, b| (&a.name, a.status).cmp(&(&b.name, b.status)));
         let kept = std::mem::take(&mut *lock(&shared.kept));
         (report, kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{agent, builder, drain};
+
+    #[test]
+    fn gauges_ignore_values_that_are_not_finite() {
+        let agent = agent(builder());
+        agent.gauge("hit_ratio", 0.5);
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            agent.gauge("hit_ratio", value);
+            agent.gauge("never_finite", value);
+        }
+        let (report, _) = drain(&agent);
+        let values: Vec<_> = report
+            .metrics
+            .iter()
+            .map(|metric| (metric.name.as_str(), metric.value, metric.count))
+            .collect();
+        assert_eq!(values, [("hit_ratio", 0.5, 1)]);
     }
 }

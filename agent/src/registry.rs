@@ -36,7 +36,9 @@
 use std::collections::HashMap as StdHashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 
 use caracal_model::histogram::LatencyHistogram;
 use caracal_model::span::{SpanKind, StatusCode};
@@ -765,7 +767,14 @@ impl Registry {
     #[cold]
     #[inline(never)]
     fn record_when_full(&self, ring: &mut SpanRing, operation: &Operation, span: RecordedSpan) {
-        if let Ok(mut rings) = self.rings.try_lock() {
+        // A lock poisoned by a panic elsewhere is used all the same, as everywhere in
+        // the agent (see [`lock`]).
+        let rings = match self.rings.try_lock() {
+            Ok(rings) => Some(rings),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut rings) = rings {
             self.drain_locked(&mut rings);
             drop(rings);
             if ring.push(span).is_ok() {
@@ -1243,6 +1252,25 @@ mod tests {
         let (_, stats) = drain(&registry, 0);
         assert_eq!(stats.num_recorded, 300);
         assert!(lock(&registry.rings).is_empty());
+    }
+
+    #[test]
+    fn a_full_ring_is_drained_even_after_a_panic_poisoned_the_rings_lock() {
+        let registry = registry(10);
+        let operation = registry.operation(key("GET /"));
+        let mut ring = registry.new_ring();
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _rings = registry.rings.lock();
+            panic!("a drain that panics");
+        }));
+        assert!(poisoned.is_err() && registry.rings.is_poisoned());
+        for nanos in 0..=RING_CAPACITY as u64 {
+            registry.record_via(&mut ring, &operation, StatusCode::Unset, nanos);
+        }
+        // The span that found the ring full drained it, and went in after.
+        assert_eq!(ring.slots(), RING_CAPACITY - 1);
+        let (_, stats) = drain(&registry, 0);
+        assert_eq!(stats.num_recorded, RING_CAPACITY as u64 + 1);
     }
 
     #[test]

@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     for aggregate in &report.aggregates {
         assert!(aggregate.errors <= aggregate.count && aggregate.min_ns <= aggregate.max_ns);
         assert_eq!(aggregate.hist_keys.len(), aggregate.hist_counts.len());
+        assert!(aggregate.hist_keys.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(aggregate.count.saturating_mul(aggregate.min_ns) <= aggregate.sum_ns);
+        assert!(aggregate.sum_ns <= aggregate.count.saturating_mul(aggregate.max_ns));
     }
     assert!(report.metrics.iter().all(|metric| metric.value.is_finite()));
     // What `AgentReportService::store_report` hands to the ingest path.

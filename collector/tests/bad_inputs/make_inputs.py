@@ -311,7 +311,7 @@ def agent_protocol():
     # Three calls of 1 ms: counts that add up, so the row is stored.
     def aggregate_of(bucket=1_700_000_000, status=0, errors=0, hist_count=3):
         return length_delimited(5, uint(1, bucket) + text(2, "GET /") + uint(4, status)
-                                + uint(5, 3) + uint(6, errors)
+                                + uint(5, 3) + uint(6, errors) + uint(7, 3_000_000)
                                 + uint(8, 1_000_000) + uint(9, 1_000_000)
                                 + length_delimited(10, varint(1_000_000))
                                 + length_delimited(11, varint(hist_count)))
@@ -349,6 +349,7 @@ def agent_protocol():
             aggregate_of(status=9),
             aggregate_of(bucket=1_700_000_005),
             aggregate_of(errors=4),
+            aggregate_of(errors=3),
             aggregate_of(hist_count=2),
             length_delimited(6, uint(1, 1_700_000_000) + text(2, "Cache") + text(3, "hit")
                              + uint(5, 1)),

@@ -112,7 +112,6 @@ impl AgentReportService {
         }
         let max_time_s = self.ingest.max_accepted_time_ns() / 1_000_000_000;
         let validation = refuse_invalid_rows(&mut report, max_time_s);
-        self.ingest.metrics().record_rejected_rows(&validation);
         let mut response = ReportResponse {
             stored: true,
             rejected: validation.num_rejected(),
@@ -163,6 +162,9 @@ impl AgentReportService {
             metrics.record_refused(Receiver::Agent, &IngestError::StorageUnavailable);
             return Err(IngestError::StorageUnavailable.to_status());
         }
+        // Counted once stored: a report refused for now is sent again, and its bad rows
+        // with it.
+        self.ingest.metrics().record_rejected_rows(&validation);
         self.remember(&instance, &report);
         Ok(response)
     }

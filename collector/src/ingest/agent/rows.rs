@@ -1,14 +1,15 @@
 //! An agent report as rows of each table, after refusing the rows that cannot be
 //! stored.
 //!
-//! The agent never sends such rows; another client, a corrupted report or a clock gone
-//! wrong might. A refused row costs only itself: the rest of the report is stored, and
+//! The agent never sends such rows (it drops non-finite gauge values before they reach
+//! a report); another client, a corrupted report or a clock gone wrong might. A refused row costs only itself: the rest of the report is stored, and
 //! the answer says how many rows were refused and why, as OTLP's partial success does.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use caracal_model::bucket::BUCKET_SECONDS;
+use caracal_model::histogram::bucket_key;
 use caracal_model::span::{SpanKind, StatusCode};
 use caracal_proto::{AgentReport, MetricKind};
 use caracal_store::rows::{
@@ -28,8 +29,11 @@ pub enum RowRejectReason {
     TimeOutOfRange,
     /// A span kind, status or metric kind the protocol does not define.
     UnknownEnumValue,
-    /// Counts that contradict each other: no calls, more errors than calls, a minimum
-    /// above the maximum, a histogram whose counts do not add up to the calls.
+    /// Counts that contradict each other or the way aggregates are counted: no calls,
+    /// errors on a row that is not an ERROR row (or fewer than its calls on one), a
+    /// minimum above the maximum or outside the histogram's first bucket (the maximum
+    /// outside its last), histogram keys out of order or counts that do not add up to
+    /// the calls, a sum no set of calls between the minimum and the maximum could make.
     InconsistentCounts,
     /// A metric value that is not a finite number.
     NonFiniteValue,
@@ -119,16 +123,7 @@ pub fn refuse_invalid_rows(report: &mut AgentReport, max_time_s: u64) -> RowVali
         if aggregate.kind > SpanKind::Consumer as u32 {
             return Err(RowRejectReason::UnknownEnumValue);
         }
-        let histogram_count = aggregate
-            .hist_counts
-            .iter()
-            .try_fold(0u64, |sum, count| sum.checked_add(*count));
-        let consistent = aggregate.count > 0
-            && aggregate.errors <= aggregate.count
-            && aggregate.min_ns <= aggregate.max_ns
-            && aggregate.hist_keys.len() == aggregate.hist_counts.len()
-            && histogram_count == Some(aggregate.count);
-        if consistent {
+        if aggregate_is_consistent(aggregate) {
             Ok(())
         } else {
             Err(RowRejectReason::InconsistentCounts)
@@ -158,14 +153,60 @@ pub fn refuse_invalid_rows(report: &mut AgentReport, max_time_s: u64) -> RowVali
     let mut heartbeats: Vec<_> = report.heartbeat.take().into_iter().collect();
     validation.retain(&mut heartbeats, |heartbeat| {
         let time_s = heartbeat.time_unix_ms / 1_000;
-        if (MIN_TIME_S..=max_time_s).contains(&time_s) && heartbeat.cpu_seconds.is_finite() {
-            Ok(())
-        } else {
-            Err(RowRejectReason::TimeOutOfRange)
+        if !(MIN_TIME_S..=max_time_s).contains(&time_s) {
+            return Err(RowRejectReason::TimeOutOfRange);
         }
+        if !heartbeat.cpu_seconds.is_finite() {
+            return Err(RowRejectReason::NonFiniteValue);
+        }
+        Ok(())
     });
     report.heartbeat = heartbeats.pop();
     validation
+}
+
+/// Highest count of one histogram bucket in one aggregate: the agent's own cap, and
+/// low enough that summing many rows cannot overflow.
+const MAX_BUCKET_COUNT: u64 = 1 << 48;
+
+/// Whether an aggregate's numbers agree with each other and with how the agent counts,
+/// so that merging it (sums, minimum, maximum, histogram) cannot spoil the stored
+/// totals of its bucket, which cannot be undone:
+/// - calls, and errors equal to the calls on an ERROR row and zero on any other (an
+///   aggregate is per status, as the collector's own aggregation counts);
+/// - a histogram of ascending bucket keys with counts from 1 to 2^48 adding up to the
+///   calls, whose first bucket holds the minimum and last bucket the maximum;
+/// - a sum between calls times minimum and calls times maximum (saturating, as the
+///   agent's sum does).
+fn aggregate_is_consistent(aggregate: &caracal_proto::Aggregate) -> bool {
+    let (keys, counts) = (&aggregate.hist_keys, &aggregate.hist_counts);
+    let expected_errors = if aggregate.status == StatusCode::Error as u32 {
+        aggregate.count
+    } else {
+        0
+    };
+    let histogram_count = counts.iter().try_fold(0u64, |sum, &count| {
+        (1..=MAX_BUCKET_COUNT)
+            .contains(&count)
+            .then(|| sum.checked_add(count))
+            .flatten()
+    });
+    let extremes_in_histogram = match (keys.first(), keys.last()) {
+        (Some(&first), Some(&last)) => {
+            bucket_key(aggregate.min_ns) == bucket_key(first)
+                && bucket_key(aggregate.max_ns) == bucket_key(last)
+        }
+        _ => false,
+    };
+    aggregate.count > 0
+        && aggregate.errors == expected_errors
+        && aggregate.min_ns <= aggregate.max_ns
+        && keys.len() == counts.len()
+        && keys.windows(2).all(|pair| pair[0] < pair[1])
+        && histogram_count == Some(aggregate.count)
+        && extremes_in_histogram
+        && aggregate.count.saturating_mul(aggregate.min_ns) <= aggregate.sum_ns
+        && aggregate.sum_ns <= aggregate.count.saturating_mul(aggregate.max_ns)
 }
 
 /// A report as rows of each table.
@@ -279,12 +320,131 @@ mod tests {
         Aggregate {
             bucket,
             count: 2,
+            sum_ns: 14,
             min_ns: 5,
             max_ns: 9,
             hist_keys: vec![5, 9],
             hist_counts: vec![1, 1],
             ..Aggregate::default()
         }
+    }
+
+    #[test]
+    fn aggregates_that_would_spoil_the_merged_totals_are_refused() {
+        let good = Aggregate {
+            count: 3,
+            sum_ns: 4_000_000,
+            min_ns: 1_000_000,
+            max_ns: 2_000_000,
+            hist_keys: vec![1_000_000, 2_000_000],
+            hist_counts: vec![2, 1],
+            ..aggregate(NOW_S as u32)
+        };
+        let failed = Aggregate {
+            status: StatusCode::Error as u32,
+            errors: 3,
+            ..good.clone()
+        };
+        // A sum at the limit and a saturated one (the agent saturates) are consistent.
+        let saturated = Aggregate {
+            count: 2,
+            sum_ns: u64::MAX,
+            min_ns: u64::MAX - 1,
+            max_ns: u64::MAX,
+            hist_keys: vec![bucket_key(u64::MAX)],
+            hist_counts: vec![2],
+            ..good.clone()
+        };
+        let bad = [
+            // Errors on a row that is not an ERROR row, or not all calls of one.
+            Aggregate {
+                errors: 1,
+                ..good.clone()
+            },
+            Aggregate {
+                errors: 2,
+                ..failed.clone()
+            },
+            // A maximum beyond the last bucket, a minimum before the first.
+            Aggregate {
+                max_ns: u64::MAX,
+                ..good.clone()
+            },
+            Aggregate {
+                min_ns: 5,
+                ..good.clone()
+            },
+            // Keys out of order, repeated, a zero count, a count past the cap.
+            Aggregate {
+                hist_keys: vec![2_000_000, 1_000_000],
+                ..good.clone()
+            },
+            Aggregate {
+                hist_keys: vec![1_000_000, 1_000_000],
+                ..good.clone()
+            },
+            Aggregate {
+                hist_keys: vec![1_000_000, 1_500_000, 2_000_000],
+                hist_counts: vec![2, 0, 1],
+                ..good.clone()
+            },
+            Aggregate {
+                count: MAX_BUCKET_COUNT + 2,
+                hist_counts: vec![MAX_BUCKET_COUNT + 1, 1],
+                sum_ns: u64::MAX,
+                ..good.clone()
+            },
+            // Sums no calls between the minimum and the maximum could make.
+            Aggregate {
+                sum_ns: 2_999_999,
+                ..good.clone()
+            },
+            Aggregate {
+                sum_ns: 6_000_001,
+                ..good.clone()
+            },
+            // No histogram at all.
+            Aggregate {
+                hist_keys: vec![],
+                hist_counts: vec![],
+                ..good.clone()
+            },
+        ];
+        let mut report = AgentReport {
+            aggregates: [good.clone(), failed.clone(), saturated.clone()]
+                .into_iter()
+                .chain(bad.iter().cloned())
+                .collect(),
+            ..AgentReport::default()
+        };
+        let validation = refuse_invalid_rows(&mut report, NOW_S);
+        assert_eq!(report.aggregates, [good, failed, saturated]);
+        assert_eq!(
+            validation.message(),
+            format!(
+                "rejected {} agent rows: {} inconsistent_counts",
+                bad.len(),
+                bad.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_with_a_non_finite_cpu_time_is_refused_as_such() {
+        let mut report = AgentReport {
+            heartbeat: Some(Heartbeat {
+                time_unix_ms: NOW_S * 1_000,
+                cpu_seconds: f64::NAN,
+                ..Heartbeat::default()
+            }),
+            ..AgentReport::default()
+        };
+        let validation = refuse_invalid_rows(&mut report, NOW_S);
+        assert!(report.heartbeat.is_none());
+        assert_eq!(
+            validation.message(),
+            "rejected 1 agent rows: 1 non_finite_value"
+        );
     }
 
     #[test]

@@ -24,15 +24,15 @@ fn now_s() -> u32 {
         .as_secs() as u32
 }
 
-/// A consistent aggregate of `bucket`: 3 calls of 1, 1 and 2 ms, one failed.
+/// A consistent aggregate of `bucket`: 3 failed calls of 1, 1 and 2 ms.
 fn aggregate(bucket: u32, name: &str) -> Aggregate {
     Aggregate {
         bucket,
         name: name.into(),
         kind: 2,
-        status: 0,
+        status: 2,
         count: 3,
-        errors: 1,
+        errors: 3,
         sum_ns: 4_000_000,
         min_ns: 1_000_000,
         max_ns: 2_000_000,
@@ -87,6 +87,25 @@ fn report(bucket: u32) -> AgentReport {
             },
             Aggregate {
                 status: 7,
+                ..aggregate(bucket, "GET /good")
+            },
+            // Errors on a row that is not an ERROR row; a maximum beyond the histogram;
+            // keys out of order; a sum below three calls of the minimum.
+            Aggregate {
+                status: 0,
+                ..aggregate(bucket, "GET /good")
+            },
+            Aggregate {
+                max_ns: u64::MAX,
+                ..aggregate(bucket, "GET /good")
+            },
+            Aggregate {
+                hist_keys: vec![2_000_000, 1_000_000],
+                hist_counts: vec![1, 2],
+                ..aggregate(bucket, "GET /good")
+            },
+            Aggregate {
+                sum_ns: 1,
                 ..aggregate(bucket, "GET /good")
             },
         ],
@@ -180,13 +199,13 @@ async fn bad_rows_are_refused_one_by_one_and_the_rest_stored() {
 
     let response = send(&stack, report(bucket)).await;
     assert!(response.stored);
-    // 5 aggregates, 1 event, 1 metric, the heartbeat, 1 kept span.
-    assert_eq!(response.rejected, 9, "{}", response.error_message);
+    // 9 aggregates, 1 event, 1 metric, the heartbeat, 1 kept span.
+    assert_eq!(response.rejected, 13, "{}", response.error_message);
     for part in [
-        "rejected 8 agent rows:",
+        "rejected 12 agent rows:",
         "3 time_out_of_range",
         "1 unknown_enum_value",
-        "3 inconsistent_counts",
+        "7 inconsistent_counts",
         "1 non_finite_value",
         "rejected 1 spans: 1 invalid_trace_id",
     ] {
@@ -213,7 +232,7 @@ async fn bad_rows_are_refused_one_by_one_and_the_rest_stored() {
     assert_eq!(status, 200, "{body}");
     let total = &body["total"];
     assert_eq!(total["count"], 3, "{body}");
-    assert_eq!(total["errors"], 1, "{body}");
+    assert_eq!(total["errors"], 3, "{body}");
     assert_eq!(total["max_us"], 2_000.0, "{body}");
     assert_eq!(count_rows(&stack, "agent_events").await, 1);
     assert_eq!(count_rows(&stack, "agent_metrics").await, 1);
@@ -232,7 +251,7 @@ async fn bad_rows_are_refused_one_by_one_and_the_rest_stored() {
     for (reason, count) in [
         ("time_out_of_range", 3.0),
         ("unknown_enum_value", 1.0),
-        ("inconsistent_counts", 3.0),
+        ("inconsistent_counts", 7.0),
         ("non_finite_value", 1.0),
     ] {
         let series = format!("caracal_agent_rejected_rows_total{{reason=\"{reason}\"}}");
