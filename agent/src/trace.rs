@@ -1351,6 +1351,52 @@ mod tests {
         assert_eq!(kept.len(), 1);
     }
 
+    #[test]
+    fn cached_operations_are_told_apart_by_type_and_name() {
+        let agent = agent_without_sampling();
+        let long = "GET /a/route/long/enough/to/take/several/words/{id}";
+        let keys = [
+            ("URL", "GET /a"),
+            ("Job", "GET /a"),
+            ("URL", "GET /b"),
+            ("URL", "GET /abcdefg"),
+            ("URL", "GET /abcdefh"),
+            ("URL", long),
+            ("Job", long),
+            ("URL", "x"),
+            ("URL", ""),
+        ];
+        assert!(keys.len() > NUM_CACHED_OPERATIONS);
+        // More keys than cache entries, nested and not, so entries are replaced (not
+        // while pinned) and matched again.
+        for round in 1..=3 {
+            for (span_type, name) in keys {
+                let _outer = agent.transaction(span_type, name);
+                for (inner_type, inner_name) in keys.iter().take(round) {
+                    agent.transaction(inner_type, inner_name).finish();
+                }
+            }
+        }
+        let (report, _) = drain(&agent);
+        for (index, (span_type, name)) in keys.iter().enumerate() {
+            // Once a round as the outer transaction; as an inner one under each outer
+            // one, in the rounds that reach its index.
+            let inner_rounds = 3u64.saturating_sub(index as u64);
+            let row = report
+                .aggregates
+                .iter()
+                .find(|row| {
+                    row.name == *name && row.kind == crate::mapping::kind_of(span_type) as u32
+                })
+                .unwrap_or_else(|| panic!("no row for {span_type} {name}"));
+            assert_eq!(
+                row.count,
+                3 + inner_rounds * keys.len() as u64,
+                "{span_type} {name}"
+            );
+        }
+    }
+
     /// A request through call sites: a root, a query and a call that fails if asked.
     fn request_through_call_sites(agent: &Agent, fail: bool) {
         let _root = crate::transaction!(agent, "URL", "GET /callsite");
