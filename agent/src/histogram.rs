@@ -19,8 +19,9 @@ const _: () = assert!(SIGNIFICANT_DIGITS == 2);
 const HALF_SUB_BUCKETS: u32 = 128;
 /// Bits of a slot holding the count; the bits above hold the bucket index plus one.
 const COUNT_BITS: u32 = 48;
-/// The largest count a slot holds.
+/// The largest count a slot holds: the protocol's cap on a bucket's count.
 const MAX_COUNT: u64 = (1 << COUNT_BITS) - 1;
+const _: () = assert!(MAX_COUNT == caracal_proto::MAX_BUCKET_COUNT);
 /// Slots of a table's first allocation.
 const MIN_SLOTS: usize = 16;
 

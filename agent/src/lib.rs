@@ -41,17 +41,18 @@
 //!
 //! The hot path of a transaction, for a known name: one thread-local access at each
 //! end, the operation from the call site ([`transaction!`]) or handle
-//! ([`OperationHandle`]), or by name from a per-thread cache of recently used operations
-//! (else a hash lookup by borrowed `&str` under a shared read lock), two TSC clock reads (`quanta`, under half the cost
-//! of `Instant::now()`), a push and pop on the thread's span buffer, and at the end a
-//! push of `(operation slot, status, duration)`, packed in one word, into the thread's
-//! span ring (`rtrb`, a wait-free single-producer ring: plain stores, no
-//! read-modify-write). The agent's drainer thread drains every ring every 10 ms, or every
-//! 100 µs while a thread fills its ring fast, and the reporter before each swap, adding
-//! the spans to the active buffer under each operation's mutex, a run of spans at a
-//! time; a thread whose ring is still full drains the rings itself. So threads recording one hot operation never
-//! contend for its lock, and no reference count is touched unless the span's record
-//! must outlive it (nested or kept).
+//! ([`OperationHandle`]), or by name from a per-thread cache of recently used
+//! operations (else a hash lookup by borrowed `&str` under a shared read lock), two TSC
+//! clock reads (`quanta`, under half the cost of `Instant::now()`), a push and pop on
+//! the thread's span buffer, and at the end a push of `(operation slot, status,
+//! duration)`, packed in one word, into the thread's span ring (`rtrb`, a wait-free
+//! single-producer ring: plain stores, no read-modify-write). The agent's drainer
+//! thread drains every ring every 10 ms, or every 100 µs while a thread fills its ring
+//! fast, and the reporter before each swap, adding the spans to the active buffer under
+//! each operation's mutex, a run of spans at a time; a thread whose ring is still full
+//! drains the rings itself. So threads recording one hot operation never contend for
+//! its lock, and no reference count is touched unless the span's record must outlive it
+//! (nested or kept).
 //!
 //! # Getting started
 //!

@@ -19,6 +19,11 @@ pub const REPORT_PATH: &str = "/caracal.agent.v1.AgentService/Report";
 /// gRPC service name.
 pub const SERVICE_NAME: &str = "caracal.agent.v1.AgentService";
 
+/// The highest count one histogram bucket of one [`Aggregate`] may carry: the agent's
+/// buckets saturate there, and the collector refuses a row above it (low enough that
+/// summing many rows cannot overflow).
+pub const MAX_BUCKET_COUNT: u64 = (1 << 48) - 1;
+
 /// Everything one agent instance has to say about one interval.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AgentReport {

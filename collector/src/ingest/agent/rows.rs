@@ -2,8 +2,9 @@
 //! stored.
 //!
 //! The agent never sends such rows (it drops non-finite gauge values before they reach
-//! a report); another client, a corrupted report or a clock gone wrong might. A refused row costs only itself: the rest of the report is stored, and
-//! the answer says how many rows were refused and why, as OTLP's partial success does.
+//! a report); another client, a corrupted report or a clock gone wrong might. A refused
+//! row costs only itself: the rest of the report is stored, and the answer says how
+//! many rows were refused and why, as OTLP's partial success does.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +12,7 @@ use std::fmt::Write as _;
 use caracal_model::bucket::BUCKET_SECONDS;
 use caracal_model::histogram::bucket_key;
 use caracal_model::span::{SpanKind, StatusCode};
-use caracal_proto::{AgentReport, MetricKind};
+use caracal_proto::{AgentReport, MetricKind, MAX_BUCKET_COUNT};
 use caracal_store::rows::{
     AgentEventRow, AgentHeartbeatRow, AgentMetricRow, DependencyRow, SpanMetricsRow,
 };
@@ -165,17 +166,13 @@ pub fn refuse_invalid_rows(report: &mut AgentReport, max_time_s: u64) -> RowVali
     validation
 }
 
-/// Highest count of one histogram bucket in one aggregate: the agent's own cap, and
-/// low enough that summing many rows cannot overflow.
-const MAX_BUCKET_COUNT: u64 = 1 << 48;
-
 /// Whether an aggregate's numbers agree with each other and with how the agent counts,
 /// so that merging it (sums, minimum, maximum, histogram) cannot spoil the stored
 /// totals of its bucket, which cannot be undone:
 /// - calls, and errors equal to the calls on an ERROR row and zero on any other (an
 ///   aggregate is per status, as the collector's own aggregation counts);
-/// - a histogram of ascending bucket keys with counts from 1 to 2^48 adding up to the
-///   calls, whose first bucket holds the minimum and last bucket the maximum;
+/// - a histogram of ascending bucket keys with counts from 1 to [`MAX_BUCKET_COUNT`]
+///   adding up to the calls, whose first bucket holds the minimum and last bucket the maximum;
 /// - a sum between calls times minimum and calls times maximum (saturating, as the
 ///   agent's sum does).
 fn aggregate_is_consistent(aggregate: &caracal_proto::Aggregate) -> bool {
@@ -331,23 +328,14 @@ mod tests {
 
     #[test]
     fn aggregates_that_would_spoil_the_merged_totals_are_refused() {
-        let good = Aggregate {
-            count: 3,
-            sum_ns: 4_000_000,
-            min_ns: 1_000_000,
-            max_ns: 2_000_000,
-            hist_keys: vec![1_000_000, 2_000_000],
-            hist_counts: vec![2, 1],
-            ..aggregate(NOW_S as u32)
-        };
+        let good = aggregate(NOW_S as u32);
         let failed = Aggregate {
             status: StatusCode::Error as u32,
-            errors: 3,
+            errors: 2,
             ..good.clone()
         };
         // A sum at the limit and a saturated one (the agent saturates) are consistent.
         let saturated = Aggregate {
-            count: 2,
             sum_ns: u64::MAX,
             min_ns: u64::MAX - 1,
             max_ns: u64::MAX,
@@ -362,7 +350,7 @@ mod tests {
                 ..good.clone()
             },
             Aggregate {
-                errors: 2,
+                errors: 1,
                 ..failed.clone()
             },
             // A maximum beyond the last bucket, a minimum before the first.
@@ -371,21 +359,21 @@ mod tests {
                 ..good.clone()
             },
             Aggregate {
-                min_ns: 5,
+                min_ns: 4,
                 ..good.clone()
             },
             // Keys out of order, repeated, a zero count, a count past the cap.
             Aggregate {
-                hist_keys: vec![2_000_000, 1_000_000],
+                hist_keys: vec![9, 5],
                 ..good.clone()
             },
             Aggregate {
-                hist_keys: vec![1_000_000, 1_000_000],
+                hist_keys: vec![5, 5],
                 ..good.clone()
             },
             Aggregate {
-                hist_keys: vec![1_000_000, 1_500_000, 2_000_000],
-                hist_counts: vec![2, 0, 1],
+                hist_keys: vec![5, 7, 9],
+                hist_counts: vec![1, 0, 1],
                 ..good.clone()
             },
             Aggregate {
@@ -396,11 +384,11 @@ mod tests {
             },
             // Sums no calls between the minimum and the maximum could make.
             Aggregate {
-                sum_ns: 2_999_999,
+                sum_ns: 9,
                 ..good.clone()
             },
             Aggregate {
-                sum_ns: 6_000_001,
+                sum_ns: 19,
                 ..good.clone()
             },
             // No histogram at all.
