@@ -92,6 +92,8 @@ pub struct SpanSample {
     pub tenant: NameId,
     /// Service.
     pub service: NameId,
+    /// Instance (`service.instance.id`, else `host.name`, else empty).
+    pub instance: NameId,
     /// Operation.
     pub operation: NameId,
     /// OTLP kind.
@@ -115,6 +117,7 @@ struct MetricKey {
     tenant: NameId,
     bucket: u32,
     service: NameId,
+    instance: NameId,
     operation: NameId,
     kind: u8,
     status: u8,
@@ -278,6 +281,7 @@ impl Aggregator {
                 tenant: sample.tenant,
                 bucket,
                 service: sample.service,
+                instance: sample.instance,
                 operation: sample.operation,
                 kind: sample.kind as u8,
                 status: sample.status as u8,
@@ -415,6 +419,7 @@ impl Aggregator {
                     tenant: interner.name(key.tenant).to_owned(),
                     bucket: key.bucket,
                     service: interner.name(key.service).to_owned(),
+                    instance: interner.name(key.instance).to_owned(),
                     operation: interner.name(key.operation).to_owned(),
                     kind: key.kind,
                     status: key.status,
@@ -468,6 +473,7 @@ mod tests {
         SpanSample {
             tenant: aggregator.interner.intern("t"),
             service: aggregator.interner.intern(service),
+            instance: aggregator.interner.intern(&format!("{service}-1")),
             operation: aggregator.interner.intern("op"),
             kind,
             status: StatusCode::Unset,
@@ -595,5 +601,23 @@ mod tests {
         assert_eq!((metrics[1].count, metrics[1].errors), (1, 1));
         assert_eq!(metrics[0].hist_counts.iter().sum::<u64>(), 2);
         assert!(aggregator.drain(false).0.is_empty());
+    }
+
+    #[test]
+    fn metrics_are_kept_apart_per_instance() {
+        let mut aggregator = Aggregator::default();
+        for (instance, duration) in [("a", 10), ("b", 20), ("a", 30)] {
+            let mut one = sample(&mut aggregator, "svc", SpanKind::Server, duration, 0);
+            one.instance = aggregator.interner.intern(instance);
+            one.duration_ns = duration;
+            aggregator.apply(&one);
+        }
+        let (mut metrics, _) = aggregator.drain(false);
+        metrics.sort_by(|left, right| left.instance.cmp(&right.instance));
+        let rows: Vec<_> = metrics
+            .iter()
+            .map(|row| (row.instance.as_str(), row.count, row.min_ns, row.max_ns))
+            .collect();
+        assert_eq!(rows, [("a", 2, 10, 30), ("b", 1, 20, 20)]);
     }
 }

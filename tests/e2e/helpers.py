@@ -204,10 +204,16 @@ def sdk_exporter(caracal, protocol: str):
 
 
 def sdk_pipeline(
-    caracal, service: str, protocol: str = "grpc", **batch_options: int
+    caracal,
+    service: str,
+    protocol: str = "grpc",
+    resource: dict[str, str] | None = None,
+    **batch_options: int,
 ) -> SdkPipeline:
-    """A real SDK pipeline for `service`; `batch_options` go to BatchSpanProcessor."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    """A real SDK pipeline for `service`, with more `resource` attributes if given;
+    `batch_options` go to BatchSpanProcessor."""
+    attributes = {"service.name": service} | (resource or {})
+    provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(
         BatchSpanProcessor(sdk_exporter(caracal, protocol), **batch_options)
     )

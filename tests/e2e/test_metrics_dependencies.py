@@ -250,6 +250,46 @@ def test_every_rollup_agrees(caracal, window, step):
     assert_latency(body["total"], [orders_duration_ns(call) for call in range(CALLS)])
 
 
+def test_metrics_per_instance(caracal):
+    """Each instance of a service (OTLP `service.instance.id`, else `host.name`) has its
+    own exact RED metrics at one-minute and one-hour steps; the service has them all."""
+    service = "e2e-fleet"
+    # The SDK sets a random `service.instance.id` unless told one; an empty one is unset.
+    instances = {
+        "fleet-a": ("grpc", {"service.instance.id": "fleet-a", "host.name": "shared-host"}),
+        "host-b": ("http", {"service.instance.id": "", "host.name": "host-b"}),
+    }
+    start_ns = now_ns() - 5_000 * MS_NS
+    durations: dict[str, list[int]] = {}
+    for index, (instance, (protocol, resource)) in enumerate(instances.items()):
+        pipeline = sdk_pipeline(caracal, service, protocol, resource)
+        tracer = pipeline.tracer()
+        durations[instance] = [
+            (index + 1) * MS_NS + call * 37_000 for call in range(30 + 20 * index)
+        ]
+        for call, duration in enumerate(durations[instance]):
+            span = tracer.start_span("GET /fleet", kind=SpanKind.SERVER, start_time=start_ns)
+            span.end(end_time=start_ns + duration)
+        pipeline.flush()
+        pipeline.shutdown()
+    everyone = [value for values in durations.values() for value in values]
+    start_ms, end_ms = start_ns // 1_000_000, time.time_ns() // 1_000_000
+    for step_ms in (60_000, 3_600_000):
+        window = (start_ms // step_ms * step_ms, -(-end_ms // step_ms) * step_ms)
+        step = str(step_ms // 1_000)
+        for instance, values in durations.items():
+            body = metrics_when_complete(
+                caracal, window, len(values), service=service, instance=instance, step=step
+            )
+            assert_latency(body["total"], values)
+        body = metrics_when_complete(caracal, window, len(everyone), service=service, step=step)
+        assert_latency(body["total"], everyone)
+    # `host.name` names the instance only when `service.instance.id` is not set.
+    query = {"service": service, "instance": "shared-host", "step": 3_600}
+    body = caracal.api.get("/api/v1/metrics", query | dict(zip(("start", "end"), window)))
+    assert body["total"]["count"] == 0
+
+
 def test_traces_cross_services(caracal, system):
     """Spans of one trace, sent by two services over two transports, form one tree."""
     expected: dict[str, dict[str, tuple[str, str | None]]] = {}

@@ -133,6 +133,12 @@ def test_each_tenant_sees_only_its_own_data(tenanted):
             == 3,
             timeout=30,
         )
+        # The SDK names its process with a random service.instance.id: each tenant sees
+        # its own process (server and client span), never the other's.
+        instances = api_get(
+            tenanted, "/api/v1/instances", tenant, {"service": SERVICE, "end": end_ms}
+        ).json()["instances"]
+        assert [instance["count"] for instance in instances] == [2], instances
 
 
 def test_missing_or_unknown_tokens_are_refused(tenanted):
@@ -162,7 +168,12 @@ def test_missing_or_unknown_tokens_are_refused(tenanted):
         timeout=30,
     )
     assert wrong_kind.status_code == 401
-    for path in ("/api/services", "/api/traces?service=shop", "/api/dependencies?endTs=1&lookback=1"):
+    for path in (
+        "/api/services",
+        "/api/traces?service=shop",
+        "/api/dependencies?endTs=1&lookback=1",
+        "/api/v1/instances?service=shop",
+    ):
         assert api_get(tenanted, path, None).status_code == 401
         response = requests.get(
             f"http://{tenanted.http_addr}{path}",

@@ -77,6 +77,13 @@ export interface Metrics {
   total: MetricsPoint;
 }
 
+/** One instance of a service (a process or host) with its spans in a window. */
+export interface InstanceSummary {
+  instance: string;
+  count: number;
+  errors: number;
+}
+
 export interface TraceSearch {
   service?: string;
   operation?: string;
@@ -212,12 +219,24 @@ export function getDependencies(endTs: number, lookbackMs: number, signal?: Abor
   ).then((edges) => edges ?? []);
 }
 
-/** RED metrics; start/end are Unix ms, step is seconds (a multiple of 10); spanKind narrows to one kind. */
+/**
+ * RED metrics; start/end are Unix ms, step is seconds (a multiple of 10, of 60 with an
+ * instance); spanKind narrows to one kind, instance to one instance of the service.
+ */
 export async function getMetrics(
-  params: { service: string; operation?: string; spanKind?: string; start: number; end: number; step: number },
+  params: { service: string; instance?: string; operation?: string; spanKind?: string; start: number; end: number; step: number },
   signal?: AbortSignal,
 ): Promise<Metrics> {
   return (await getJson(`/api/v1/metrics${query(params)}`, signal)) as Metrics;
+}
+
+/** The named instances of a service with spans between start and end (Unix ms). */
+export async function getInstances(
+  params: { service: string; start: number; end: number },
+  signal?: AbortSignal,
+): Promise<InstanceSummary[]> {
+  const body = (await getJson(`/api/v1/instances${query(params)}`, signal)) as { instances: InstanceSummary[] };
+  return body.instances;
 }
 
 export { isAbort };

@@ -40,6 +40,13 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return element;
 }
 
+/** An `<option>` of a select. */
+export function option(value: string, label: string, selected = false): HTMLOptionElement {
+  const element = h('option', { value }, label);
+  element.selected = selected;
+  return element;
+}
+
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 /** An SVG element. */

@@ -19,10 +19,11 @@ const attrs = (object) => Object.entries(object).map(([key, value]) => attr(key,
 
 /**
  * A checkout trace across frontend -> orders -> payments, with a postgres call.
- * `durationScale` stretches every span, `fail` makes the payment span an error.
+ * `durationScale` stretches every span, `fail` makes the payment span an error,
+ * `instance` sets every service's `service.instance.id` (else each is named by host).
  * Returns {traceId, spanCount, body} where body is an OTLP ExportTraceServiceRequest.
  */
-export function checkoutTrace({ startMs = Date.now() - 1000, durationScale = 1, fail = true, runTag } = {}) {
+export function checkoutTrace({ startMs = Date.now() - 1000, durationScale = 1, fail = true, runTag, instance } = {}) {
   const traceId = hex(16);
   const ns = (ms) => String(BigInt(Math.round((startMs + ms * durationScale) * 1000)) * 1000n);
   const ids = {};
@@ -78,7 +79,13 @@ export function checkoutTrace({ startMs = Date.now() - 1000, durationScale = 1, 
     }),
   ];
   const resource = (service, extra = {}) => ({
-    attributes: attrs({ 'service.name': service, 'service.version': '1.4.2', 'host.name': `${service}-7f9c`, ...extra }),
+    attributes: attrs({
+      'service.name': service,
+      'service.version': '1.4.2',
+      'host.name': `${service}-7f9c`,
+      ...(instance ? { 'service.instance.id': instance } : {}),
+      ...extra,
+    }),
   });
   const body = {
     resourceSpans: [

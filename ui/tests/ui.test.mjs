@@ -144,6 +144,7 @@ describe('Caracal web UI', { timeout: 240_000 }, () => {
   let userDataDir;
   const pageErrors = [];
   const runTag = `ui-${process.pid}-${hex(4)}`;
+  const canary = `canary-${runTag}`;
   let seeded;
 
   before(async () => {
@@ -167,6 +168,8 @@ describe('Caracal web UI', { timeout: 240_000 }, () => {
       const other = checkoutTrace({ startMs: now - index * 70_000, durationScale: 0.6 + index * 0.35, fail: index === 3 });
       await postOtlp(otlpUrl, other.body);
     }
+    // One request served by a second instance of every service.
+    await postOtlp(otlpUrl, checkoutTrace({ startMs: now - 30_000, fail: false, instance: canary }).body);
     await eventually('the seeded trace in the API', async () => {
       const { status, body } = await getJson(`${baseUrl}/api/traces/${seeded.traceId}`);
       return status === 200 && body.data[0].spans.length === seeded.spanCount;
@@ -326,6 +329,28 @@ describe('Caracal web UI', { timeout: 240_000 }, () => {
     assert.ok((await card.locator('svg.count-chart rect.bar').count()) > 0);
     assert.match(await card.locator('.red-stats').innerText(), /P99/i);
     await shoot('services');
+  });
+
+  test('a service card narrows to one instance', async () => {
+    const card = page.locator('.service-card[data-service="frontend"]');
+    const select = card.locator('select.instance-select');
+    await eventually('the canary instance listed', async () => {
+      await page.goto(`${baseUrl}/services`);
+      await card.locator('.red-stats').waitFor();
+      await select.locator(`option[value="${canary}"]`).waitFor({ state: 'attached', timeout: 2_000 });
+      return true;
+    }, 30_000, 1_000);
+    assert.ok(await select.isVisible());
+    const names = await select.locator('option').evaluateAll((options) => options.map((option) => option.value));
+    assert.ok(names.includes('') && names.includes('frontend-7f9c'), names.join(', '));
+    const spans = () => card.locator('.red-stats .stat').first().locator('.stat-detail').innerText();
+    await select.selectOption(canary);
+    await eventually('the canary\'s one server span', async () => (await spans()) === '1 spans');
+    assert.equal(await card.locator('svg.latency-chart path.series-line').count(), 2);
+    assert.match(await card.locator('svg.latency-chart').getAttribute('aria-label') ?? '', new RegExp(`frontend on ${canary}`));
+    await shoot('services-instance');
+    await select.selectOption('');
+    await eventually('every instance again', async () => Number((await spans()).split(' ')[0]) >= 7);
   });
 
   test('no script errors on any page', () => {

@@ -579,6 +579,7 @@ async fn write_rows(
         flattener.set_resource(resource_spans);
         blobs.set_resource(resource_spans);
         let service = aggregator.interner.intern(flattener.service_name());
+        let instance = aggregator.interner.intern(flattener.instance());
         for scope_spans in &resource_spans.scope_spans {
             flattener.set_scope(scope_spans.scope.as_ref());
             blobs.set_scope(scope_spans);
@@ -601,6 +602,7 @@ async fn write_rows(
                 batch.riders.samples.push(SpanSample {
                     tenant: tenant_id,
                     service,
+                    instance,
                     operation: interner.intern(&span.name),
                     kind: SpanKind::from_otlp(span.kind),
                     status: StatusCode::from_otlp(

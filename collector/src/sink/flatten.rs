@@ -21,6 +21,7 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 #[derive(Debug, Default)]
 pub struct Flattener<'a> {
     service_name: &'a str,
+    instance: &'a str,
     resource: AttributeColumns<'a>,
     scope_name: &'a str,
     scope_version: &'a str,
@@ -78,6 +79,9 @@ impl<'a> Flattener<'a> {
             .as_ref()
             .map_or(&[], |resource| resource.attributes.as_slice());
         self.service_name = string_attribute(attributes, "service.name").unwrap_or(UNKNOWN_SERVICE);
+        self.instance = string_attribute(attributes, "service.instance.id")
+            .or_else(|| string_attribute(attributes, "host.name"))
+            .unwrap_or("");
         self.resource.extend_from_otlp(attributes);
     }
 
@@ -94,6 +98,12 @@ impl<'a> Flattener<'a> {
     /// The service of the current resource.
     pub fn service_name(&self) -> &'a str {
         self.service_name
+    }
+
+    /// The instance of the current resource: `service.instance.id`, else `host.name`,
+    /// else empty.
+    pub fn instance(&self) -> &'a str {
+        self.instance
     }
 
     /// Fills the span's own columns and returns its row.

@@ -3,7 +3,10 @@
 
 use clickhouse::Row as _;
 
-use crate::{migrate, reader, retention, rows::StoredTraceSpan};
+use crate::{
+    migrate, reader, retention,
+    rows::{SpanMetricsRow, StoredTraceSpan},
+};
 
 /// Every statement for `database`, in an order that runs on an empty server: schema
 /// first, then reads and maintenance.
@@ -33,6 +36,13 @@ pub fn sql_catalog(database: &str) -> Vec<String> {
         &[reader::BindValue::Text(database.into())],
     ));
     statements.push(migrate::schema_version_sql(database));
+    // An aggregate row as the collector writes it (its columns, in its order), through
+    // every view of the input table.
+    statements.push(format!(
+        "INSERT INTO {database}.span_metrics_input ({}) VALUES ('{tenant}', \
+         toDateTime(1699920000), 'svc', 'svc-1', 'op', 2, 0, 2, 0, 15, 5, 10, [5, 10], [1, 1])",
+        SpanMetricsRow::COLUMN_NAMES.join(", ")
+    ));
 
     let mut search = reader::TraceQuery {
         tenant: tenant.into(),
@@ -69,15 +79,40 @@ pub fn sql_catalog(database: &str) -> Vec<String> {
     ] {
         statements.push(reader::dependencies_sql(database, tenant, start, end).render(&fields));
     }
-    for (suffix, seconds) in reader::RESOLUTIONS {
-        let start = 1_699_920_000 - 1_699_920_000 % seconds;
-        let window = (start, start + seconds * 10, seconds.max(10));
-        let sql = reader::span_metrics_sql(database, tenant, "svc", Some("op"), Some(2), window);
-        assert!(
-            sql.sql.contains(&format!("span_metrics_{suffix}")),
-            "resolution {suffix}"
-        );
-        statements.push(sql.render(&fields));
+    let service = reader::MetricsFilter {
+        service: "svc",
+        instance: None,
+        operation: Some("op"),
+        kind: Some(2),
+    };
+    let instance = reader::MetricsFilter {
+        instance: Some("svc-1"),
+        ..service
+    };
+    for (filter, resolutions, table) in [
+        (service, &reader::RESOLUTIONS[..], "span_metrics"),
+        (
+            instance,
+            &reader::INSTANCE_RESOLUTIONS[..],
+            "span_metrics_instance",
+        ),
+    ] {
+        for (suffix, seconds) in resolutions {
+            let start = 1_699_920_000 - 1_699_920_000 % seconds;
+            let window = (start, start + seconds * 10, (*seconds).max(10));
+            let sql = reader::span_metrics_sql(database, tenant, &filter, window);
+            assert!(
+                sql.sql.contains(&format!("{table}_{suffix} ")),
+                "resolution {suffix} of {table}"
+            );
+            statements.push(sql.render(&fields));
+        }
+    }
+    for (start, end) in [
+        (1_699_920_000, 1_699_923_600),
+        (1_699_920_030, 1_699_920_600),
+    ] {
+        statements.push(reader::instances_sql(database, tenant, "svc", start, end).render(&fields));
     }
     statements.push(bind(
         retention::PARTITIONS_SQL,

@@ -2,8 +2,10 @@
 //!
 //! Each file is one migration, numbered by its prefix. Statements inside a file are
 //! separated by `;` at the end of a line, and `${database}` stands for the database name.
-//! Every statement is idempotent (`IF NOT EXISTS`), so two processes migrating at once, or a
-//! migration interrupted halfway, are harmless: the next run applies what is missing.
+//! Every statement is idempotent (`IF NOT EXISTS`, or an `ADD COLUMN` whose "already
+//! exists" error counts as done, as ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`),
+//! so two processes migrating at once, or a migration interrupted halfway, are harmless:
+//! the next run applies what is missing.
 
 use crate::{Result, Store};
 
@@ -39,6 +41,7 @@ migrations! {
     4 => "0004_dependencies.sql",
     5 => "0005_operations.sql",
     6 => "0006_agent.sql",
+    7 => "0007_instance_metrics.sql",
 }
 
 /// Whether the migrations table exists; bind the database name.
@@ -77,6 +80,16 @@ pub fn statements(migration: &Migration, database: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `error` says that the column `statement` adds is there already: the statement
+/// ran before (an interrupted or concurrent migration), so it is done. ClickHouse answers
+/// code 44 ("Cannot add column …: column with this name already exists").
+fn adds_existing_column(statement: &str, error: &clickhouse::error::Error) -> bool {
+    let message = error.to_string();
+    statement.contains(" ADD COLUMN ")
+        && message.contains("Code: 44")
+        && message.contains("already exists")
+}
+
 impl Store {
     /// Creates the database if needed and applies every migration not yet recorded.
     /// Returns the versions applied.
@@ -93,7 +106,10 @@ impl Store {
                 continue;
             }
             for statement in statements(migration, database) {
-                self.client.query(&statement).execute().await?;
+                match self.client.query(&statement).execute().await {
+                    Err(error) if adds_existing_column(&statement, &error) => {}
+                    result => result?,
+                }
             }
             self.client
                 .query(&record_migration_sql(database))
@@ -175,5 +191,24 @@ mod tests {
         assert!(statements
             .iter()
             .all(|statement| !statement.contains("${database}")));
+    }
+
+    #[test]
+    fn only_an_existing_column_counts_as_done() {
+        let exists = clickhouse::error::Error::BadResponse(
+            "Code: 44, e.displayText() = DB::Exception: Cannot add column instance: column \
+             with this name already exists"
+                .into(),
+        );
+        let other = clickhouse::error::Error::BadResponse(
+            "Code: 60, e.displayText() = DB::Exception: Table db.x doesn't exist".into(),
+        );
+        let add = "ALTER TABLE db.span_metrics_input ADD COLUMN instance String DEFAULT ''";
+        assert!(adds_existing_column(add, &exists));
+        assert!(!adds_existing_column(add, &other));
+        assert!(!adds_existing_column(
+            "CREATE TABLE IF NOT EXISTS db.x (a UInt8)",
+            &exists
+        ));
     }
 }

@@ -214,6 +214,17 @@ pub struct Operation {
     pub kind: u8,
 }
 
+/// One instance of a service with its spans over a window.
+#[derive(Debug, Clone, Row, Deserialize, Serialize, PartialEq, Eq)]
+pub struct InstanceSummary {
+    /// Instance name.
+    pub instance: String,
+    /// Spans.
+    pub count: u64,
+    /// Failed spans.
+    pub errors: u64,
+}
+
 /// A dependency edge summed over a window.
 #[derive(Debug, Clone, Row, Deserialize, PartialEq, Eq)]
 pub struct DependencyEdge {
@@ -253,15 +264,31 @@ pub struct MetricsPoint {
 /// Rollup resolutions, coarsest first: (table suffix, seconds).
 pub const RESOLUTIONS: [(&str, u32); 4] = [("1d", 86_400), ("1h", 3_600), ("1m", 60), ("10s", 10)];
 
+/// Resolutions of the per-instance RED tables, coarsest first.
+pub const INSTANCE_RESOLUTIONS: [(&str, u32); 2] = [("1h", 3_600), ("1m", 60)];
+
 /// The coarsest rollup whose buckets tile `[start, end)` in steps of `step` exactly.
 pub fn resolution_for(start: u32, end: u32, step: u32) -> (&'static str, u32) {
-    RESOLUTIONS
-        .into_iter()
+    resolution_among(&RESOLUTIONS, start, end, step)
+}
+
+/// The coarsest of `resolutions` (coarsest first) that tiles `[start, end)` in steps of
+/// `step` exactly, else the finest.
+fn resolution_among(
+    resolutions: &[(&'static str, u32)],
+    start: u32,
+    end: u32,
+    step: u32,
+) -> (&'static str, u32) {
+    resolutions
+        .iter()
+        .copied()
         .find(|(_, seconds)| {
             step.is_multiple_of(*seconds)
                 && start.is_multiple_of(*seconds)
                 && end.is_multiple_of(*seconds)
         })
+        .or_else(|| resolutions.last().copied())
         .unwrap_or(("10s", 10))
 }
 
@@ -323,16 +350,59 @@ pub fn dependencies_sql(database: &str, tenant: &str, start: u32, end: u32) -> B
     sql
 }
 
+/// The named instances of a service with spans in `[start, end)` (Unix seconds, read by
+/// whole minutes, or whole hours when both are on the hour), by name.
+pub fn instances_sql(
+    database: &str,
+    tenant: &str,
+    service: &str,
+    start: u32,
+    end: u32,
+) -> BoundSql {
+    let start = start - start % 60;
+    let end = end.div_ceil(60).saturating_mul(60);
+    let (suffix, _) =
+        resolution_among(&INSTANCE_RESOLUTIONS, start, end, end.saturating_sub(start));
+    let mut sql = BoundSql::default();
+    sql.push("SELECT instance, sumMerge(count) AS count, sumMerge(errors) AS errors FROM ");
+    sql.push(database);
+    sql.push(".span_metrics_instance_");
+    sql.push(suffix);
+    sql.text(" WHERE tenant = ?", tenant);
+    sql.text(" AND service = ? AND instance != ''", service);
+    sql.number(" AND ts >= toDateTime(?)", u64::from(start));
+    sql.number(" AND ts < toDateTime(?)", u64::from(end));
+    sql.push(" GROUP BY instance ORDER BY instance");
+    sql
+}
+
+/// Which RED metrics to read: a service, optionally narrowed to one instance, one
+/// operation and one span kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsFilter<'a> {
+    /// Service.
+    pub service: &'a str,
+    /// One instance of the service (read from the per-instance tables, whose finest
+    /// resolution is one minute).
+    pub instance: Option<&'a str>,
+    /// One operation.
+    pub operation: Option<&'a str>,
+    /// One span kind (OTLP number).
+    pub kind: Option<u8>,
+}
+
 /// RED metrics per `step` seconds over `[start, end)` from the coarsest exact rollup.
 pub fn span_metrics_sql(
     database: &str,
     tenant: &str,
-    service: &str,
-    operation: Option<&str>,
-    kind: Option<u8>,
+    filter: &MetricsFilter<'_>,
     (start, end, step): (u32, u32, u32),
 ) -> BoundSql {
-    let (suffix, _) = resolution_for(start, end, step);
+    let (table, resolutions) = match filter.instance {
+        Some(_) => (".span_metrics_instance_", &INSTANCE_RESOLUTIONS[..]),
+        None => (".span_metrics_", &RESOLUTIONS[..]),
+    };
+    let (suffix, _) = resolution_among(resolutions, start, end, step);
     let mut sql = BoundSql::default();
     sql.number("SELECT toUInt32(intDiv(toUInt32(ts), ?)", u64::from(step));
     sql.number(
@@ -344,14 +414,17 @@ pub fn span_metrics_sql(
     );
     sql.push("sumMapMerge(hist) AS hist FROM ");
     sql.push(database);
-    sql.push(".span_metrics_");
+    sql.push(table);
     sql.push(suffix);
     sql.text(" WHERE tenant = ?", tenant);
-    sql.text(" AND service = ?", service);
-    if let Some(operation) = operation {
+    sql.text(" AND service = ?", filter.service);
+    if let Some(instance) = filter.instance {
+        sql.text(" AND instance = ?", instance);
+    }
+    if let Some(operation) = filter.operation {
         sql.text(" AND operation = ?", operation);
     }
-    if let Some(kind) = kind {
+    if let Some(kind) = filter.kind {
         sql.number(" AND kind = ?", u64::from(kind));
     }
     sql.number(" AND ts >= toDateTime(?)", u64::from(start));
@@ -395,6 +468,17 @@ impl Store {
         Ok(sql.into_query(self.client()).fetch_all().await?)
     }
 
+    /// The named instances of a service with spans in `[start, end)` (Unix seconds).
+    pub async fn instances(
+        &self,
+        tenant: &str,
+        service: &str,
+        (start, end): (u32, u32),
+    ) -> Result<Vec<InstanceSummary>> {
+        let sql = instances_sql(self.database(), tenant, service, start, end);
+        Ok(sql.into_query(self.client()).fetch_all().await?)
+    }
+
     /// Operations of a service, optionally of one span kind, sorted by name.
     pub async fn operations(
         &self,
@@ -423,12 +507,10 @@ impl Store {
     pub async fn span_metrics(
         &self,
         tenant: &str,
-        service: &str,
-        operation: Option<&str>,
-        kind: Option<u8>,
+        filter: &MetricsFilter<'_>,
         window: (u32, u32, u32),
     ) -> Result<Vec<MetricsPoint>> {
-        let sql = span_metrics_sql(self.database(), tenant, service, operation, kind, window);
+        let sql = span_metrics_sql(self.database(), tenant, filter, window);
         let rows: Vec<MetricsRowRaw> = sql.into_query(self.client()).fetch_all().await?;
         Ok(rows
             .into_iter()
@@ -499,5 +581,43 @@ mod tests {
         assert_eq!(resolution_for(3_600, 7_200, 3_600), ("1h", 3_600));
         assert_eq!(resolution_for(3_610, 7_200, 3_600), ("10s", 10));
         assert_eq!(resolution_for(60, 120, 30), ("10s", 10));
+        let instance = |start, end, step| resolution_among(&INSTANCE_RESOLUTIONS, start, end, step);
+        assert_eq!(instance(3_600, 7_200, 3_600), ("1h", 3_600));
+        assert_eq!(instance(3_600, 7_200, 600), ("1m", 60));
+        assert_eq!(instance(3_630, 7_200, 3_600), ("1m", 60));
+    }
+
+    #[test]
+    fn instance_metrics_read_the_instance_tables() {
+        let filter = MetricsFilter {
+            service: "svc",
+            instance: Some("svc-1"),
+            operation: Some("op"),
+            kind: None,
+        };
+        let sql = span_metrics_sql("db", "t", &filter, (3_600, 7_200, 60));
+        assert!(sql.sql.contains("FROM db.span_metrics_instance_1m WHERE"));
+        assert!(sql.sql.contains(" AND instance = ? AND operation = ?"));
+        assert_eq!(sql.binds[4], BindValue::Text("svc-1".into()));
+        let service = MetricsFilter {
+            instance: None,
+            ..filter
+        };
+        let sql = span_metrics_sql("db", "t", &service, (3_600, 7_200, 60));
+        assert!(sql.sql.contains("FROM db.span_metrics_1m WHERE"));
+        assert!(!sql.sql.contains("instance"));
+    }
+
+    #[test]
+    fn instances_read_whole_minutes_or_hours() {
+        let hours = instances_sql("db", "t", "svc", 3_600, 7_200);
+        assert!(hours.sql.contains("FROM db.span_metrics_instance_1h WHERE"));
+        let minutes = instances_sql("db", "t", "svc", 3_630, 7_201);
+        assert!(minutes
+            .sql
+            .contains("FROM db.span_metrics_instance_1m WHERE"));
+        assert_eq!(minutes.binds[2], BindValue::Number(3_600));
+        assert_eq!(minutes.binds[3], BindValue::Number(7_260));
+        assert!(minutes.sql.contains("AND instance != ''"));
     }
 }

@@ -154,6 +154,8 @@ impl RetentionConfig {
             ("span_metrics_1m", self.aggregates_1m_days),
             ("span_metrics_1h", self.aggregates_1h_days),
             ("span_metrics_1d", self.aggregates_1d_days),
+            ("span_metrics_instance_1m", self.aggregates_1m_days),
+            ("span_metrics_instance_1h", self.aggregates_1h_days),
             ("dependencies_10s", self.aggregates_10s_days),
             ("dependencies_1m", self.aggregates_1m_days),
             ("dependencies_1h", self.aggregates_1h_days),

@@ -91,6 +91,9 @@ pub struct SpanMetricsRow {
     /// Start of the 10-second bucket, Unix seconds.
     pub bucket: u32,
     pub service: String,
+    /// The instance that recorded the spans (`''` when unknown), for the per-instance
+    /// tables.
+    pub instance: String,
     pub operation: String,
     pub kind: u8,
     pub status: u8,

@@ -5,16 +5,21 @@ use axum::{
     Json,
 };
 use caracal_model::histogram::LatencyHistogram;
-use caracal_store::reader::MetricsPoint;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use caracal_store::reader::{InstanceSummary, MetricsFilter, MetricsPoint};
 use serde::{Deserialize, Serialize};
 
 use super::{error::ApiError, services::to_seconds, Tenant};
 use crate::AppState;
 
-/// Parameters: start and end in Unix milliseconds, step in seconds (a multiple of 10).
+/// Parameters: start and end in Unix milliseconds, step in seconds (a multiple of 10;
+/// of 60 with `instance`, whose tables start at one-minute resolution).
 #[derive(Debug, Deserialize)]
 pub struct MetricsParams {
     service: Option<String>,
+    /// One instance of the service (CAT's per-machine view).
+    instance: Option<String>,
     operation: Option<String>,
     start: Option<u64>,
     end: Option<u64>,
@@ -115,17 +120,24 @@ impl Merged {
     }
 }
 
-/// `GET /api/v1/metrics?service=&operation=&start=&end=&step=`.
+/// The `service` parameter, which must be given and not empty.
+fn required_service(service: Option<String>) -> Result<String, ApiError> {
+    service
+        .filter(|service| !service.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("parameter 'service' is required".into()))
+}
+
+/// The finest resolution of the per-instance tables, in seconds.
+const INSTANCE_STEP_SECONDS: u32 = 60;
+
+/// `GET /api/v1/metrics?service=&instance=&operation=&start=&end=&step=`.
 pub async fn metrics(
     State(state): State<AppState>,
     tenant: Tenant,
     params: Result<Query<MetricsParams>, QueryRejection>,
 ) -> Result<Json<MetricsResponse>, ApiError> {
     let Query(params) = params?;
-    let service = params
-        .service
-        .filter(|service| !service.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("parameter 'service' is required".into()))?;
+    let service = required_service(params.service)?;
     let (Some(start_ms), Some(end_ms)) = (params.start, params.end) else {
         return Err(ApiError::BadRequest(
             "parameters 'start' and 'end' (Unix ms) are required".into(),
@@ -134,14 +146,25 @@ pub async fn metrics(
     if start_ms >= end_ms {
         return Err(ApiError::BadRequest("'start' must be before 'end'".into()));
     }
+    let instance = params.instance.as_deref().filter(|name| !name.is_empty());
+    // Per-instance rows are kept by the minute; service rows by 10 seconds.
+    let bucket = match instance {
+        Some(_) => INSTANCE_STEP_SECONDS,
+        None => 10,
+    };
     let step = params.step.unwrap_or(DEFAULT_STEP_SECONDS);
-    if step == 0 || step % 10 != 0 {
-        return Err(ApiError::BadRequest(
-            "'step' must be a positive multiple of 10 seconds".into(),
-        ));
+    if step == 0 || step % bucket != 0 {
+        let detail = if instance.is_some() {
+            " with 'instance'"
+        } else {
+            ""
+        };
+        return Err(ApiError::BadRequest(format!(
+            "'step' must be a positive multiple of {bucket} seconds{detail}"
+        )));
     }
     // A bucket that starts before `start` is included whole, so windows need no alignment.
-    let start = to_seconds(start_ms) / 10 * 10;
+    let start = to_seconds(start_ms) / bucket * bucket;
     let kind = match params.span_kind.as_deref() {
         None | Some("") => None,
         Some(name) => Some(
@@ -155,9 +178,12 @@ pub async fn metrics(
         .store
         .span_metrics(
             &tenant,
-            &service,
-            params.operation.as_deref().filter(|op| !op.is_empty()),
-            kind,
+            &MetricsFilter {
+                service: &service,
+                instance,
+                operation: params.operation.as_deref().filter(|op| !op.is_empty()),
+                kind,
+            },
             (start, end, step),
         )
         .await?;
@@ -175,4 +201,48 @@ pub async fn metrics(
         series,
         total: total.view(start_ms),
     }))
+}
+
+/// Parameters of `GET /api/v1/instances`: start and end in Unix milliseconds, by default
+/// the last hour.
+#[derive(Debug, Deserialize)]
+pub struct InstancesParams {
+    service: Option<String>,
+    start: Option<u64>,
+    end: Option<u64>,
+}
+
+/// The response of `GET /api/v1/instances`.
+#[derive(Debug, Serialize)]
+pub struct InstancesResponse {
+    /// Each named instance with its spans and failed spans in the window, by name.
+    pub instances: Vec<InstanceSummary>,
+}
+
+/// Default window of `GET /api/v1/instances`: one hour, in milliseconds.
+const DEFAULT_INSTANCES_WINDOW_MS: u64 = 3_600_000;
+
+/// `GET /api/v1/instances?service=&start=&end=`: the instances of a service (CAT's
+/// machine list), for `instance=` of `/api/v1/metrics`.
+pub async fn instances(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    params: Result<Query<InstancesParams>, QueryRejection>,
+) -> Result<Json<InstancesResponse>, ApiError> {
+    let Query(params) = params?;
+    let service = required_service(params.service)?;
+    let end_ms = params.end.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+    });
+    let start_ms = params
+        .start
+        .unwrap_or(end_ms.saturating_sub(DEFAULT_INSTANCES_WINDOW_MS));
+    if start_ms >= end_ms {
+        return Err(ApiError::BadRequest("'start' must be before 'end'".into()));
+    }
+    let window = (to_seconds(start_ms), to_seconds(end_ms.saturating_add(999)));
+    let instances = state.store.instances(&tenant, &service, window).await?;
+    Ok(Json(InstancesResponse { instances }))
 }

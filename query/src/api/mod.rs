@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/traces", get(traces::search))
         .route("/api/traces/{trace_id}", get(traces::get_trace))
         .route("/api/v1/metrics", get(metrics::metrics))
+        .route("/api/v1/instances", get(metrics::instances))
         .with_state(state.clone());
     // Files of the built UI; any other path gets index.html (client-side routes), read
     // per request so a UI built after start is picked up.

@@ -3,7 +3,7 @@
 import { getOperations, getServices, isAbort, searchTraces, type TraceSearch } from '../api';
 import { scatterPlot } from '../charts/scatter';
 import { serviceColor } from '../colors';
-import { empty, errorBox, h, replace, spinner } from '../dom';
+import { empty, errorBox, h, option, replace, spinner } from '../dom';
 import { formatAgo, formatDateTime, formatDuration, shortId } from '../format';
 import { LOOKBACKS, lookbackMs } from '../lookback';
 import { summarize, type TraceSummary } from '../model';
@@ -92,12 +92,6 @@ function buildSearch(values: FormValues, now: number): TraceSearch {
 
 function field(label: string, control: HTMLElement, hint?: string): HTMLElement {
   return h('label', { class: 'field' }, h('span', { class: 'field-label' }, label), control, hint && h('span', { class: 'field-hint' }, hint));
-}
-
-function option(value: string, label: string, selected: boolean): HTMLOptionElement {
-  const element = h('option', { value }, label);
-  element.selected = selected;
-  return element;
 }
 
 export async function searchPage({ root, query, signal }: PageContext): Promise<void> {

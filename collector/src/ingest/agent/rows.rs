@@ -229,6 +229,7 @@ impl ReportRows {
                 tenant: tenant.clone(),
                 bucket: aggregate.bucket,
                 service: report.service.clone(),
+                instance: report.instance.clone(),
                 operation: aggregate.name.clone(),
                 kind: narrow(aggregate.kind),
                 status: narrow(aggregate.status),

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use caracal_store::{
-    reader::TraceQuery,
+    reader::{MetricsFilter, TraceQuery},
     retention::{days_from_civil, RetentionConfig},
     rows::{DependencyRow, SpanMetricsRow, SpanRow, TraceSpanRow},
     Store,
@@ -49,6 +49,22 @@ async fn migrations_are_idempotent_and_recorded() {
         "second run applies nothing"
     );
     store.check_schema().await.unwrap();
+    // Every statement ran but nothing was recorded (an interrupted run, or two processes
+    // migrating at once): running again is harmless, the ADD COLUMN included.
+    let database = store.database().to_owned();
+    store
+        .client()
+        .query(&format!("TRUNCATE TABLE {database}.schema_migrations"))
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), None);
+    assert_eq!(
+        store.migrate().await.unwrap().len(),
+        caracal_store::migrate::MIGRATIONS.len(),
+        "every migration applied again"
+    );
+    assert_eq!(store.schema_version().await.unwrap(), Some(latest));
     store.drop_database().await.unwrap();
     assert!(
         store.check_schema().await.is_err(),
@@ -184,11 +200,18 @@ async fn span_rows_round_trip_and_are_found() {
     assert!(store.find_trace_ids(&too_slow).await.unwrap().is_empty());
 }
 
-fn metrics_row(bucket: u32, count: u64, keys: Vec<u64>, counts: Vec<u64>) -> SpanMetricsRow {
+fn metrics_row(
+    bucket: u32,
+    instance: &str,
+    count: u64,
+    keys: Vec<u64>,
+    counts: Vec<u64>,
+) -> SpanMetricsRow {
     SpanMetricsRow {
         tenant: "default".into(),
         bucket,
         service: "svc".into(),
+        instance: instance.into(),
         operation: "op".into(),
         kind: 2,
         status: 0,
@@ -212,15 +235,21 @@ async fn aggregates_merge_across_rows_and_rollups() {
         .await
         .unwrap();
     insert
-        .write(&metrics_row(hour, 2, vec![10, 20], vec![1, 1]))
+        .write(&metrics_row(hour, "svc-1", 2, vec![10, 20], vec![1, 1]))
         .await
         .unwrap();
     insert
-        .write(&metrics_row(hour + 10, 3, vec![20, 30], vec![2, 1]))
+        .write(&metrics_row(
+            hour + 10,
+            "svc-2",
+            3,
+            vec![20, 30],
+            vec![2, 1],
+        ))
         .await
         .unwrap();
     insert
-        .write(&metrics_row(hour + 70, 1, vec![5], vec![1]))
+        .write(&metrics_row(hour + 70, "svc-1", 1, vec![5], vec![1]))
         .await
         .unwrap();
     insert.end().await.unwrap();
@@ -247,9 +276,13 @@ async fn aggregates_merge_across_rows_and_rollups() {
     insert.end().await.unwrap();
 
     // Every resolution gives the same totals; the hour table is read for whole hours.
+    let service = MetricsFilter {
+        service: "svc",
+        ..MetricsFilter::default()
+    };
     for step in [10, 60, 3_600] {
         let points = store
-            .span_metrics("default", "svc", None, None, (hour, hour + 3_600, step))
+            .span_metrics("default", &service, (hour, hour + 3_600, step))
             .await
             .unwrap();
         let count: u64 = points.iter().map(|point| point.count).sum();
@@ -258,9 +291,11 @@ async fn aggregates_merge_across_rows_and_rollups() {
     let minute = store
         .span_metrics(
             "default",
-            "svc",
-            Some("op"),
-            Some(2),
+            &MetricsFilter {
+                operation: Some("op"),
+                kind: Some(2),
+                ..service
+            },
             (hour, hour + 120, 60),
         )
         .await
@@ -274,6 +309,38 @@ async fn aggregates_merge_across_rows_and_rollups() {
         (minute[0].hist_keys.clone(), minute[0].hist_counts.clone()),
         (vec![10, 20, 30], vec![1, 3, 1])
     );
+
+    // Per instance, by minute and by hour: each instance's rows only.
+    let instance = |name| MetricsFilter {
+        instance: Some(name),
+        ..service
+    };
+    let by_minute =
+        |points: Vec<caracal_store::reader::MetricsPoint>| -> Vec<(u32, u64, u64, u64)> {
+            points
+                .iter()
+                .map(|point| (point.ts - hour, point.count, point.min_ns, point.max_ns))
+                .collect()
+        };
+    let svc_1 = store
+        .span_metrics("default", &instance("svc-1"), (hour, hour + 3_600, 60))
+        .await
+        .unwrap();
+    assert_eq!(by_minute(svc_1), [(0, 2, 10, 20), (60, 1, 5, 5)]);
+    let svc_2 = store
+        .span_metrics("default", &instance("svc-2"), (hour, hour + 3_600, 3_600))
+        .await
+        .unwrap();
+    assert_eq!(by_minute(svc_2.clone()), [(0, 3, 20, 30)]);
+    assert_eq!(
+        (svc_2[0].hist_keys.clone(), svc_2[0].hist_counts.clone()),
+        (vec![20, 30], vec![2, 1])
+    );
+    assert!(store
+        .span_metrics("default", &instance("svc-3"), (hour, hour + 3_600, 60))
+        .await
+        .unwrap()
+        .is_empty());
 
     let edges = store
         .dependencies("default", hour, hour + 60)

@@ -49,14 +49,21 @@ fn record(agent: &Agent, durations: &[u64]) {
     }
 }
 
-async fn metrics(stack: &TestStack, service: &str, start_ms: u64, end_ms: u64, step: u64) -> Value {
-    let params = [
-        ("service", service.to_owned()),
+/// `/api/v1/metrics` for the fleet's operation: all instances, or one.
+async fn metrics(
+    stack: &TestStack,
+    instance: Option<&str>,
+    (start_ms, end_ms): (u64, u64),
+    step: u64,
+) -> Value {
+    let mut params = vec![
+        ("service", "fleet".to_owned()),
         ("operation", "GET /checkout".to_owned()),
         ("start", start_ms.to_string()),
         ("end", end_ms.to_string()),
         ("step", step.to_string()),
     ];
+    params.extend(instance.map(|name| ("instance", name.to_owned())));
     let (status, body) = stack.get_json("/api/v1/metrics", &params).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -107,19 +114,21 @@ async fn agent_aggregates_merge_exactly_across_instances_and_rollups() {
         / 60
         * 60;
 
-    let solo = start_agent(&stack, "solo", "solo-1");
-    let mut solo_raw = durations(1, 3_000);
-    record(&solo, &solo_raw);
-    let mut fleet_raw = Vec::new();
-    let mut fleet = Vec::new();
-    for instance in 0..3 {
-        let agent = start_agent(&stack, "fleet", &format!("fleet-{instance}"));
+    // Four instances of one service, each with its own latency distribution.
+    let mut raw_by_instance = Vec::new();
+    let mut agents = Vec::new();
+    for instance in 0..4 {
+        let name = format!("fleet-{instance}");
+        let agent = start_agent(&stack, "fleet", &name);
         let raw = durations(10 + instance, 2_000 + 500 * instance as usize);
         record(&agent, &raw);
-        fleet_raw.extend(raw);
-        fleet.push(agent);
+        raw_by_instance.push((name, raw));
+        agents.push(agent);
     }
-    let agents: Vec<Agent> = std::iter::once(solo).chain(fleet).collect();
+    let mut fleet_raw: Vec<u64> = raw_by_instance
+        .iter()
+        .flat_map(|(_, raw)| raw.iter().copied())
+        .collect();
     tokio::task::spawn_blocking(move || {
         for agent in agents {
             agent
@@ -135,7 +144,7 @@ async fn agent_aggregates_merge_exactly_across_instances_and_rollups() {
     let hour = (hour_start * 1_000, (hour_start + 3_600) * 1_000);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let body = metrics(&stack, "fleet", minute.0, minute.1, 60).await;
+        let body = metrics(&stack, None, minute, 60).await;
         if body["total"]["count"].as_u64() == Some(fleet_raw.len() as u64) {
             break;
         }
@@ -145,25 +154,68 @@ async fn agent_aggregates_merge_exactly_across_instances_and_rollups() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    check_window(
-        "solo, one minute",
-        &metrics(&stack, "solo", minute.0, minute.1, 60).await,
-        &mut solo_raw,
-    );
-    check_window(
-        "solo, one hour",
-        &metrics(&stack, "solo", hour.0, hour.1, 3_600).await,
-        &mut solo_raw,
-    );
+    for (name, raw) in &mut raw_by_instance {
+        let instance = Some(name.as_str());
+        check_window(
+            &format!("{name}, one minute"),
+            &metrics(&stack, instance, minute, 60).await,
+            raw,
+        );
+        check_window(
+            &format!("{name}, one hour"),
+            &metrics(&stack, instance, hour, 3_600).await,
+            raw,
+        );
+    }
     check_window(
         "all instances, one minute",
-        &metrics(&stack, "fleet", minute.0, minute.1, 60).await,
+        &metrics(&stack, None, minute, 60).await,
         &mut fleet_raw,
     );
     check_window(
         "all instances, one hour",
-        &metrics(&stack, "fleet", hour.0, hour.1, 3_600).await,
+        &metrics(&stack, None, hour, 3_600).await,
         &mut fleet_raw,
+    );
+    // The fleet's instances, each with its exact count.
+    let params = [
+        ("service", "fleet".to_owned()),
+        ("start", hour.0.to_string()),
+        ("end", hour.1.to_string()),
+    ];
+    let (status, body) = stack.get_json("/api/v1/instances", &params).await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<(String, u64)> = body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|row| {
+            let name = row["instance"].as_str().unwrap_or_default().to_owned();
+            (name, row["count"].as_u64().unwrap_or_default())
+        })
+        .collect();
+    let expected: Vec<(String, u64)> = raw_by_instance
+        .iter()
+        .map(|(name, raw)| (name.clone(), raw.len() as u64))
+        .collect();
+    assert_eq!(listed, expected, "{body}");
+    // An instance the fleet does not have has no data, and a step finer than the
+    // per-instance tables is refused.
+    let absent = metrics(&stack, Some("fleet-9"), hour, 3_600).await;
+    assert_eq!(absent["total"]["count"].as_u64(), Some(0), "{absent}");
+    let params = [
+        ("service", "fleet".to_owned()),
+        ("instance", "fleet-0".to_owned()),
+        ("start", minute.0.to_string()),
+        ("end", minute.1.to_string()),
+        ("step", "10".to_owned()),
+    ];
+    let (status, body) = stack.get_json("/api/v1/metrics", &params).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("multiple of 60 seconds with 'instance'"),
+        "{body}"
     );
     stack.stop().await;
 }
