@@ -81,13 +81,14 @@ pub fn statements(migration: &Migration, database: &str) -> Vec<String> {
 }
 
 /// Whether `error` says that the column `statement` adds is there already: the statement
-/// ran before (an interrupted or concurrent migration), so it is done. ClickHouse answers
-/// code 44 ("Cannot add column …: column with this name already exists").
+/// ran before (an interrupted or concurrent migration), so it is done. The message is
+/// "Cannot add column …: column with this name already exists" on 18.16 (code 44) and
+/// on current ClickHouse (code 15, `DUPLICATE_COLUMN`).
 fn adds_existing_column(statement: &str, error: &clickhouse::error::Error) -> bool {
     let message = error.to_string();
     statement.contains(" ADD COLUMN ")
-        && message.contains("Code: 44")
-        && message.contains("already exists")
+        && message.contains("Cannot add column")
+        && message.contains("column with this name already exists")
 }
 
 impl Store {
@@ -195,20 +196,27 @@ mod tests {
 
     #[test]
     fn only_an_existing_column_counts_as_done() {
-        let exists = clickhouse::error::Error::BadResponse(
+        // As 18.16 and current ClickHouse (26.9) word it.
+        let exists_18_16 = clickhouse::error::Error::BadResponse(
             "Code: 44, e.displayText() = DB::Exception: Cannot add column instance: column \
-             with this name already exists"
+             with this name already exists, e.what() = DB::Exception"
+                .into(),
+        );
+        let exists_current = clickhouse::error::Error::BadResponse(
+            "Code: 15. DB::Exception: Cannot add column `instance`: column with this name \
+             already exists. (DUPLICATE_COLUMN) (version 26.9.2.1)"
                 .into(),
         );
         let other = clickhouse::error::Error::BadResponse(
             "Code: 60, e.displayText() = DB::Exception: Table db.x doesn't exist".into(),
         );
         let add = "ALTER TABLE db.span_metrics_input ADD COLUMN instance String DEFAULT ''";
-        assert!(adds_existing_column(add, &exists));
+        assert!(adds_existing_column(add, &exists_18_16));
+        assert!(adds_existing_column(add, &exists_current));
         assert!(!adds_existing_column(add, &other));
         assert!(!adds_existing_column(
             "CREATE TABLE IF NOT EXISTS db.x (a UInt8)",
-            &exists
+            &exists_18_16
         ));
     }
 }

@@ -1,12 +1,13 @@
-//! `GET /api/v1/metrics`: RED metrics with exact-merge percentiles.
+//! `GET /api/v1/metrics`: RED metrics with exact-merge percentiles, for a service or one
+//! of its instances; `GET /api/v1/instances`: a service's instances.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
     Json,
 };
 use caracal_model::histogram::LatencyHistogram;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use caracal_store::reader::{InstanceSummary, MetricsFilter, MetricsPoint};
 use serde::{Deserialize, Serialize};
 
