@@ -334,3 +334,45 @@ def test_unknown_grpc_method_is_unimplemented(caracal):
 def test_server_is_healthy_after_all_that(caracal):
     caracal.assert_running()
     assert_serving(caracal)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "message"),
+    [
+        ("/api/v1/metrics", {"start": 0, "end": 1}, "'service' is required"),
+        ("/api/v1/metrics", {"service": "s"}, "'start' and 'end'"),
+        ("/api/v1/metrics", {"service": "s", "start": 5, "end": 5}, "'start' must be before"),
+        ("/api/v1/metrics", {"service": "s", "start": "yesterday", "end": 1}, "start"),
+        ("/api/v1/metrics", {"service": "s", "start": -1, "end": 1}, "start"),
+        ("/api/v1/metrics", {"service": "s", "start": 0, "end": 1, "step": 15}, "multiple of 10"),
+        (
+            "/api/v1/metrics",
+            {"service": "s", "instance": "i", "start": 0, "end": 1, "step": 30},
+            "multiple of 60 seconds with 'instance'",
+        ),
+        ("/api/v1/metrics", {"service": "s", "start": 0, "end": 1, "spanKind": "x"}, "spanKind"),
+        ("/api/v1/instances", {}, "'service' is required"),
+        ("/api/v1/instances", {"service": "s", "start": 9, "end": 9}, "'start' must be before"),
+        ("/api/v1/instances", {"service": "s", "end": "soon"}, "end"),
+    ],
+)
+def test_bad_query_parameters_are_400_with_the_reason(caracal, path, params, message):
+    body = caracal.api.get(path, params, status=400)
+    assert body["errors"][0]["code"] == 400, body
+    assert message in body["errors"][0]["msg"], body
+
+
+def test_absurd_query_windows_are_answered(caracal):
+    """Windows at the ends of the time range are clamped, not refused or crashed on."""
+    huge = 2**64 - 1
+    for path, params in (
+        ("/api/v1/metrics", {"service": "s", "instance": "i", "start": 0, "end": huge, "step": 60}),
+        ("/api/v1/metrics", {"service": "s", "start": huge - 1, "end": huge, "step": 10}),
+        ("/api/v1/instances", {"service": "s", "start": 0, "end": huge}),
+        ("/api/v1/instances", {"service": "s", "start": huge - 1, "end": huge}),
+    ):
+        body = caracal.api.get(path, params)
+        if path == "/api/v1/metrics":
+            assert body["total"]["count"] == 0, body
+        else:
+            assert body == {"instances": []}, body
