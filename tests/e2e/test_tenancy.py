@@ -134,11 +134,16 @@ def test_each_tenant_sees_only_its_own_data(tenanted):
             timeout=30,
         )
         # The SDK names its process with a random service.instance.id: each tenant sees
-        # its own process (server and client span), never the other's.
-        instances = api_get(
-            tenanted, "/api/v1/instances", tenant, {"service": SERVICE, "end": end_ms}
-        ).json()["instances"]
-        assert [instance["count"] for instance in instances] == [2], instances
+        # its own process (server and client span), never the other's. The per-instance
+        # tables fill in the same insert as the service's, a moment later.
+        def one_instance_with_its_two_spans(tenant=tenant):
+            instances = api_get(
+                tenanted, "/api/v1/instances", tenant, {"service": SERVICE, "end": end_ms}
+            ).json()["instances"]
+            assert [instance["count"] for instance in instances] == [2], instances
+            return True
+
+        wait_until(one_instance_with_its_two_spans, timeout=30)
 
 
 def test_missing_or_unknown_tokens_are_refused(tenanted):

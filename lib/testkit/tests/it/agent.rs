@@ -142,15 +142,33 @@ async fn agent_aggregates_merge_exactly_across_instances_and_rollups() {
     let minute = (minute_start * 1_000, (minute_start + 60) * 1_000);
     let hour_start = minute_start / 3_600 * 3_600;
     let hour = (hour_start * 1_000, (hour_start + 3_600) * 1_000);
+    // One insert fills every rollup, one table after another: wait until each window
+    // the checks read (all instances and each one, by the minute and by the hour) holds
+    // every span.
+    let windows: Vec<(Option<&str>, usize)> = std::iter::once((None, fleet_raw.len()))
+        .chain(
+            raw_by_instance
+                .iter()
+                .map(|(name, raw)| (Some(name.as_str()), raw.len())),
+        )
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let body = metrics(&stack, None, minute, 60).await;
-        if body["total"]["count"].as_u64() == Some(fleet_raw.len() as u64) {
+        let mut incomplete = Vec::new();
+        for (instance, expected) in &windows {
+            for (window, step) in [(minute, 60), (hour, 3_600)] {
+                let body = metrics(&stack, *instance, window, step).await;
+                if body["total"]["count"].as_u64() != Some(*expected as u64) {
+                    incomplete.push(format!("{instance:?} step {step}: {}", body["total"]));
+                }
+            }
+        }
+        if incomplete.is_empty() {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "fleet metrics incomplete: {body}"
+            "metrics incomplete: {incomplete:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
