@@ -61,6 +61,11 @@ export function formatCount(value: number): string {
   return value.toLocaleString('en-US');
 }
 
+/** A count with its noun, singular for one: `1 span`, `12 spans`, `1.5k spans`. */
+export function formatCountOf(value: number, noun: string): string {
+  return `${formatCount(value)} ${noun}${value === 1 ? '' : 's'}`;
+}
+
 /** A rate per second, e.g. `0.25/s`, `12/s`, `3.1/min` for small ones. */
 export function formatRate(perSecond: number): string {
   if (perSecond === 0) return '0/s';

@@ -345,7 +345,7 @@ describe('Caracal web UI', { timeout: 240_000 }, () => {
     assert.ok(names.includes('') && names.includes('frontend-7f9c'), names.join(', '));
     const spans = () => card.locator('.red-stats .stat').first().locator('.stat-detail').innerText();
     await select.selectOption(canary);
-    await eventually('the canary\'s one server span', async () => (await spans()) === '1 spans');
+    await eventually('the canary\'s one server span', async () => (await spans()) === '1 span');
     assert.equal(await card.locator('svg.latency-chart path.series-line').count(), 2);
     assert.match(await card.locator('svg.latency-chart').getAttribute('aria-label') ?? '', new RegExp(`frontend on ${canary}`));
     await shoot('services-instance');

@@ -4,7 +4,7 @@ import { getOperations, getServices, isAbort, searchTraces, type TraceSearch } f
 import { scatterPlot } from '../charts/scatter';
 import { serviceColor } from '../colors';
 import { empty, errorBox, h, option, replace, spinner } from '../dom';
-import { formatAgo, formatDateTime, formatDuration, shortId } from '../format';
+import { formatAgo, formatCountOf, formatDateTime, formatDuration, shortId } from '../format';
 import { LOOKBACKS, lookbackMs } from '../lookback';
 import { summarize, type TraceSummary } from '../model';
 import { navigate, type PageContext } from '../router';
@@ -310,7 +310,7 @@ function resultItem(summary: TraceSummary, maxDuration: number, now: number): HT
       h(
         'div',
         { class: 'result-meta' },
-        h('span', { class: 'badge' }, `${summary.spanCount} span${summary.spanCount === 1 ? '' : 's'}`),
+        h('span', { class: 'badge' }, formatCountOf(summary.spanCount, 'span')),
         summary.errorCount > 0 && h('span', { class: 'badge badge-error' }, `${summary.errorCount} error${summary.errorCount === 1 ? '' : 's'}`),
         h('span', { class: 'chips' }, ...summary.services.map((service) => h('span', { class: 'chip', style: `--service: ${serviceColor(service.name)}` }, `${service.name} (${service.count})`))),
         h('span', { class: 'result-time', title: formatDateTime(startMs) }, `${formatDateTime(startMs)} · ${formatAgo(startMs, now)}`),

@@ -5,7 +5,7 @@ import { getInstances, getMetrics, getServices, isAbort, type Metrics } from '..
 import { countChart, latencyChart, type Window } from '../charts/timeseries';
 import { ERROR_COLOR, serviceColor } from '../colors';
 import { empty, errorBox, h, option, replace, spinner } from '../dom';
-import { formatCount, formatDuration, formatHourMinute, formatPercent, formatRate } from '../format';
+import { formatCount, formatCountOf, formatDuration, formatHourMinute, formatPercent, formatRate } from '../format';
 import type { PageContext } from '../router';
 
 const STEP_SECONDS = 60;
@@ -129,7 +129,7 @@ function showMetrics(body: HTMLElement, service: string, instance: string, metri
     h(
       'dl',
       { class: 'red-stats' },
-      redStat('Rate', formatRate(total.count / seconds), `${formatCount(total.count)} spans`),
+      redStat('Rate', formatRate(total.count / seconds), formatCountOf(total.count, 'span')),
       redStat('Errors', formatPercent(errorRate), `${formatCount(total.errors)} failed`, total.errors > 0 ? 'stat-error' : ''),
       redStat('p50', formatDuration(total.p50_us), `avg ${formatDuration(total.avg_us)}`),
       redStat('p99', formatDuration(total.p99_us), `max ${formatDuration(total.max_us)}`),
