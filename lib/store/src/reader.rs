@@ -272,6 +272,11 @@ pub fn resolution_for(start: u32, end: u32, step: u32) -> (&'static str, u32) {
     resolution_among(&RESOLUTIONS, start, end, step)
 }
 
+/// The finest of `resolutions` (coarsest first).
+fn finest(resolutions: &[(&'static str, u32)]) -> (&'static str, u32) {
+    resolutions.last().copied().unwrap_or(("10s", 10))
+}
+
 /// The coarsest of `resolutions` (coarsest first) that tiles `[start, end)` in steps of
 /// `step` exactly, else the finest.
 fn resolution_among(
@@ -288,8 +293,7 @@ fn resolution_among(
                 && start.is_multiple_of(*seconds)
                 && end.is_multiple_of(*seconds)
         })
-        .or_else(|| resolutions.last().copied())
-        .unwrap_or(("10s", 10))
+        .unwrap_or_else(|| finest(resolutions))
 }
 
 /// Every span of the given traces, ordered by trace then start.
@@ -359,8 +363,9 @@ pub fn instances_sql(
     start: u32,
     end: u32,
 ) -> BoundSql {
-    let start = start - start % 60;
-    let end = end.div_ceil(60).saturating_mul(60);
+    let (_, minute) = finest(&INSTANCE_RESOLUTIONS);
+    let start = start - start % minute;
+    let end = end.div_ceil(minute).saturating_mul(minute);
     let (suffix, _) =
         resolution_among(&INSTANCE_RESOLUTIONS, start, end, end.saturating_sub(start));
     let mut sql = BoundSql::default();
@@ -391,6 +396,23 @@ pub struct MetricsFilter<'a> {
     pub kind: Option<u8>,
 }
 
+impl MetricsFilter<'_> {
+    /// The rollup tables this filter reads (name prefix) and their resolutions, coarsest
+    /// first: the per-instance ones with an instance, else the service's.
+    fn rollups(&self) -> (&'static str, &'static [(&'static str, u32)]) {
+        match self.instance {
+            Some(_) => (".span_metrics_instance_", &INSTANCE_RESOLUTIONS),
+            None => (".span_metrics_", &RESOLUTIONS),
+        }
+    }
+
+    /// The finest step, in seconds, these metrics can be read at: 60 for one instance,
+    /// 10 for a service.
+    pub fn finest_step(&self) -> u32 {
+        finest(self.rollups().1).1
+    }
+}
+
 /// RED metrics per `step` seconds over `[start, end)` from the coarsest exact rollup.
 pub fn span_metrics_sql(
     database: &str,
@@ -398,10 +420,7 @@ pub fn span_metrics_sql(
     filter: &MetricsFilter<'_>,
     (start, end, step): (u32, u32, u32),
 ) -> BoundSql {
-    let (table, resolutions) = match filter.instance {
-        Some(_) => (".span_metrics_instance_", &INSTANCE_RESOLUTIONS[..]),
-        None => (".span_metrics_", &RESOLUTIONS[..]),
-    };
+    let (table, resolutions) = filter.rollups();
     let (suffix, _) = resolution_among(resolutions, start, end, step);
     let mut sql = BoundSql::default();
     sql.number("SELECT toUInt32(intDiv(toUInt32(ts), ?)", u64::from(step));
@@ -606,6 +625,7 @@ mod tests {
         let sql = span_metrics_sql("db", "t", &service, (3_600, 7_200, 60));
         assert!(sql.sql.contains("FROM db.span_metrics_1m WHERE"));
         assert!(!sql.sql.contains("instance"));
+        assert_eq!((filter.finest_step(), service.finest_step()), (60, 10));
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! `GET /api/v1/metrics`: RED metrics with exact-merge percentiles, for a service or one
 //! of its instances; `GET /api/v1/instances`: a service's instances.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
     Json,
@@ -11,7 +9,11 @@ use caracal_model::histogram::LatencyHistogram;
 use caracal_store::reader::{InstanceSummary, MetricsFilter, MetricsPoint};
 use serde::{Deserialize, Serialize};
 
-use super::{error::ApiError, services::to_seconds, Tenant};
+use super::{
+    error::ApiError,
+    services::{now_ms, to_seconds},
+    Tenant,
+};
 use crate::AppState;
 
 /// Parameters: start and end in Unix milliseconds, step in seconds (a multiple of 10;
@@ -128,9 +130,6 @@ fn required_service(service: Option<String>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("parameter 'service' is required".into()))
 }
 
-/// The finest resolution of the per-instance tables, in seconds.
-const INSTANCE_STEP_SECONDS: u32 = 60;
-
 /// `GET /api/v1/metrics?service=&instance=&operation=&start=&end=&step=`.
 pub async fn metrics(
     State(state): State<AppState>,
@@ -147,15 +146,25 @@ pub async fn metrics(
     if start_ms >= end_ms {
         return Err(ApiError::BadRequest("'start' must be before 'end'".into()));
     }
-    let instance = params.instance.as_deref().filter(|name| !name.is_empty());
-    // Per-instance rows are kept by the minute; service rows by 10 seconds.
-    let bucket = match instance {
-        Some(_) => INSTANCE_STEP_SECONDS,
-        None => 10,
+    let kind = match params.span_kind.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            caracal_model::span::SpanKind::from_jaeger_name(name)
+                .ok_or_else(|| ApiError::BadRequest(format!("unknown spanKind {name:?}")))?
+                as u8,
+        ),
     };
+    let filter = MetricsFilter {
+        service: &service,
+        instance: params.instance.as_deref().filter(|name| !name.is_empty()),
+        operation: params.operation.as_deref().filter(|op| !op.is_empty()),
+        kind,
+    };
+    // Per-instance rows are kept by the minute, a service's by 10 seconds.
+    let bucket = filter.finest_step();
     let step = params.step.unwrap_or(DEFAULT_STEP_SECONDS);
     if step == 0 || step % bucket != 0 {
-        let detail = if instance.is_some() {
+        let detail = if filter.instance.is_some() {
             " with 'instance'"
         } else {
             ""
@@ -166,27 +175,10 @@ pub async fn metrics(
     }
     // A bucket that starts before `start` is included whole, so windows need no alignment.
     let start = to_seconds(start_ms) / bucket * bucket;
-    let kind = match params.span_kind.as_deref() {
-        None | Some("") => None,
-        Some(name) => Some(
-            caracal_model::span::SpanKind::from_jaeger_name(name)
-                .ok_or_else(|| ApiError::BadRequest(format!("unknown spanKind {name:?}")))?
-                as u8,
-        ),
-    };
     let end = to_seconds(end_ms.saturating_add(999));
     let points = state
         .store
-        .span_metrics(
-            &tenant,
-            &MetricsFilter {
-                service: &service,
-                instance,
-                operation: params.operation.as_deref().filter(|op| !op.is_empty()),
-                kind,
-            },
-            (start, end, step),
-        )
+        .span_metrics(&tenant, &filter, (start, end, step))
         .await?;
     let mut total = Merged::default();
     let series = points
@@ -232,11 +224,7 @@ pub async fn instances(
 ) -> Result<Json<InstancesResponse>, ApiError> {
     let Query(params) = params?;
     let service = required_service(params.service)?;
-    let end_ms = params.end.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64)
-    });
+    let end_ms = params.end.unwrap_or_else(now_ms);
     let start_ms = params
         .start
         .unwrap_or(end_ms.saturating_sub(DEFAULT_INSTANCES_WINDOW_MS));

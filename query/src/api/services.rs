@@ -120,10 +120,7 @@ pub async fn dependencies(
     params: Result<Query<DependenciesParams>, QueryRejection>,
 ) -> Result<Json<Envelope<Vec<DependencyView>>>, ApiError> {
     let Query(params) = params?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64);
-    let end_ms = params.end_ts.unwrap_or(now_ms);
+    let end_ms = params.end_ts.unwrap_or_else(now_ms);
     let lookback_ms = params.lookback.unwrap_or(DEFAULT_LOOKBACK_MS);
     let start = to_seconds(end_ms.saturating_sub(lookback_ms));
     let end = to_seconds(end_ms).saturating_add(1);
@@ -142,6 +139,13 @@ pub async fn dependencies(
         .collect();
     let total = edges.len();
     Ok(Json(Envelope::ok(edges, total)))
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Milliseconds to Unix seconds, clamped to what ClickHouse `DateTime` holds.
